@@ -1,0 +1,76 @@
+# Set up the environment, run the demo inspection and the tests.
+#
+# Every target creates or reuses .venv: a Python venv with the ROS 2 Jazzy
+# wheels, PyTorch and timm, hetnet_ros_msgs built with cmake and installed
+# into the venv, and hetnet_ros installed. Each step reruns only when its
+# inputs changed.
+
+PYTHON ?= python3.11
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+DATA ?= $(abspath $(CURDIR)/../shared/data)
+CHECKPOINT ?=
+DEMO_CHECKPOINT := $(CURDIR)/models/demo_screw.pt
+PART_ID ?= demo-part-001
+PYTEST_ARGS ?=
+
+# The ROS 2 environment that a sourced ROS installation would provide.
+export AMENT_PREFIX_PATH := $(VENV)
+export LD_LIBRARY_PATH := $(VENV)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export HETNET_DATA := $(DATA)
+export PYTHONUNBUFFERED := 1
+
+MSG_SOURCES := $(wildcard hetnet_ros_msgs/msg/*.msg hetnet_ros_msgs/action/*.action) \
+	hetnet_ros_msgs/CMakeLists.txt hetnet_ros_msgs/package.xml
+PKG_SOURCES := $(shell find hetnet_ros -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.rviz' -o -name '*.xml' -o -name '*.cfg' \) -not -path '*/test/*' -not -path '*/__pycache__/*')
+
+.PHONY: all env demo test clean
+
+all: env
+
+env: $(VENV)/.hetnet_ros
+
+$(VENV)/.requirements: requirements.txt
+	@echo "==> Creating $(VENV) with the ROS 2 Jazzy wheels, PyTorch and timm"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	@# Lines appended to activate give an interactive shell the same environment as make.
+	grep -q AMENT_PREFIX_PATH $(BIN)/activate || printf '%s\n' \
+		'export AMENT_PREFIX_PATH="$$VIRTUAL_ENV$${AMENT_PREFIX_PATH:+:$$AMENT_PREFIX_PATH}"' \
+		'export LD_LIBRARY_PATH="$$VIRTUAL_ENV/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"' \
+		'export ROS_AUTOMATIC_DISCOVERY_RANGE="$${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"' \
+		>> $(BIN)/activate
+	touch $@
+
+$(VENV)/.hetnet_ros_msgs: $(VENV)/.requirements $(MSG_SOURCES) | build
+	@echo "==> Building hetnet_ros_msgs with cmake into $(VENV)"
+	cmake -S hetnet_ros_msgs -B build/hetnet_ros_msgs -DCMAKE_BUILD_TYPE=Release \
+		-DCMAKE_PREFIX_PATH=$(VENV) -DCMAKE_INSTALL_PREFIX=$(VENV) \
+		-DPython3_EXECUTABLE=$(BIN)/python -DBUILD_TESTING=OFF > build/cmake-configure.log 2>&1 \
+		|| (cat build/cmake-configure.log; exit 1)
+	cmake --build build/hetnet_ros_msgs -j 2 > build/cmake-build.log 2>&1 \
+		|| (tail -50 build/cmake-build.log; exit 1)
+	cmake --install build/hetnet_ros_msgs > build/cmake-install.log 2>&1 \
+		|| (cat build/cmake-install.log; exit 1)
+	touch $@
+
+$(VENV)/.hetnet_ros: $(VENV)/.hetnet_ros_msgs $(PKG_SOURCES)
+	@echo "==> Installing hetnet_ros into $(VENV)"
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation ./hetnet_ros
+	touch $@
+
+build:
+	mkdir -p build
+
+demo: env
+	$(BIN)/python -m hetnet_ros.demo --data $(DATA)/mvtec_screw \
+		--checkpoint "$(CHECKPOINT)" --default-checkpoint $(DEMO_CHECKPOINT) \
+		--part-id $(PART_ID) --records $(CURDIR)/records
+
+test: env
+	$(BIN)/python -m pytest hetnet_ros/test $(PYTEST_ARGS)
+
+clean:
+	rm -rf build $(VENV) records models

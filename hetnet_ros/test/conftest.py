@@ -1,0 +1,35 @@
+"""Shared test configuration: an isolated ROS 2 domain and the real data sets."""
+
+import os
+import pathlib
+import random
+
+import pytest
+
+# Every test run talks DDS over loopback only, in a domain of its own, so that
+# parallel runs on one host cannot see each other. Set before rclpy is imported.
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 100)))
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope='session')
+def data_root() -> pathlib.Path:
+    """Folder with the MVTec-layout data sets (HETNET_DATA or ../shared/data)."""
+    root = pathlib.Path(os.environ.get('HETNET_DATA', REPO_ROOT.parent / 'shared' / 'data'))
+    if not (root / 'mvtec_screw' / 'train' / 'good').is_dir():
+        pytest.fail(
+            f'data folder {root} has no mvtec_screw/train/good; set HETNET_DATA to the '
+            'folder that holds mvtec_screw and batteryweld_welding')
+    return root
+
+
+@pytest.fixture(scope='session')
+def screw_root(data_root) -> pathlib.Path:
+    return data_root / 'mvtec_screw'
+
+
+@pytest.fixture(scope='session')
+def weld_root(data_root) -> pathlib.Path:
+    return data_root / 'batteryweld_welding'
