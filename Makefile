@@ -25,13 +25,13 @@ MSG_SOURCES := $(wildcard hetnet_ros_msgs/msg/*.msg hetnet_ros_msgs/action/*.act
 	hetnet_ros_msgs/CMakeLists.txt hetnet_ros_msgs/package.xml
 PKG_SOURCES := $(shell find hetnet_ros -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.rviz' -o -name '*.xml' -o -name '*.cfg' \) -not -path '*/test/*' -not -path '*/__pycache__/*')
 
-.PHONY: all env demo test clean
+.PHONY: all env system-deps demo test clean
 
 all: env
 
 env: $(VENV)/.hetnet_ros
 
-$(VENV)/.requirements: requirements.txt
+$(VENV)/.requirements: requirements.txt | system-deps
 	@echo "==> Creating $(VENV) with the ROS 2 Jazzy wheels, PyTorch and timm"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -63,6 +63,17 @@ $(VENV)/.hetnet_ros: $(VENV)/.hetnet_ros_msgs $(PKG_SOURCES)
 
 build:
 	mkdir -p build
+
+# pyrealsense2 loads libusb-1.0 at import time. As root on Debian or Ubuntu the
+# package is installed here; otherwise the message says what to install.
+system-deps:
+	@ldconfig -p | grep -q 'libusb-1.0.so.0 ' || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+			echo "==> Installing libusb-1.0-0 (needed by pyrealsense2)"; \
+			(apt-get install -y -q libusb-1.0-0 || (apt-get update -q && apt-get install -y -q libusb-1.0-0)) > /dev/null; \
+		else \
+			echo "libusb-1.0 is missing: install it (Debian/Ubuntu: sudo apt-get install libusb-1.0-0) and rerun"; exit 1; \
+		fi; }
 
 demo: env
 	$(BIN)/python -m hetnet_ros.demo --data $(DATA)/mvtec_screw \
