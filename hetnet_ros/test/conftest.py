@@ -33,3 +33,22 @@ def screw_root(data_root) -> pathlib.Path:
 @pytest.fixture(scope='session')
 def weld_root(data_root) -> pathlib.Path:
     return data_root / 'batteryweld_welding'
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory, screw_root) -> pathlib.Path:
+    """A small but real checkpoint trained by hetnet_ros.train on real screw images.
+
+    Image size 64 px, resnet18 and swin_tiny_patch4_window7_224 teachers with random
+    weights, 8 training images (2 steps of batch 4, one epoch) and a threshold calibrated
+    on 2 held-out images. The file is about 125 MB because it stores both teachers.
+    """
+    from hetnet_ros.train import TrainOptions, train
+
+    options = TrainOptions(
+        data=screw_root, output=tmp_path_factory.mktemp('tiny_checkpoint') / 'tiny.pt',
+        image_size=64, cnn_teacher='resnet18', cnn_weights='random',
+        transformer_teacher='swin_tiny_patch4_window7_224', transformer_weights='random',
+        epochs=1, batch_size=4, max_train_images=10, holdout_images=2, seed=0, device='cpu',
+        progress=False)
+    return train(options)
