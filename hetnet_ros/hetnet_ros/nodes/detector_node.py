@@ -1,0 +1,370 @@
+"""Detector node: runs HetNet on the newest camera image and publishes its verdict.
+
+Topics (relative, remapped in bringup), all published with the input image's header:
+    image (sensor_msgs/Image, subscribed, sensor-data QoS, depth 1): rgb8, bgr8, rgba8,
+        bgra8, mono8 or mono16
+    anomaly_map (sensor_msgs/Image, 32FC1): normalised anomaly score per pixel, at the
+        input size; 0.5 is the decision threshold
+    heatmap (sensor_msgs/Image, rgb8): the anomaly map blended over the image, for RViz
+    verdict (hetnet_ros_msgs/DefectVerdict)
+    /diagnostics (diagnostic_msgs/DiagnosticArray), once per second: frame, drop and
+        error counters
+
+The subscription callback only stores the message. A worker thread takes the newest
+one and runs the model, so frames that arrive while the model is busy are dropped
+(and counted) instead of queueing up.
+
+Run: python -m hetnet_ros.nodes.detector_node --ros-args -p checkpoint:=model.pt
+"""
+
+import dataclasses
+import pathlib
+import sys
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from hetnet_ros_msgs.msg import DefectVerdict
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image, RegionOfInterest
+
+from hetnet_ros.imaging import (
+    FLOAT_MAP_ENCODING, ImageDecodeError, decode_image, encode_32fc1, encode_rgb8)
+from hetnet_ros.nodes.common import (
+    ErrorThrottle, LatestSlot, diagnostic_array, run_node, sensor_qos)
+from hetnet_ros.visualize import heatmap_overlay
+
+DEVICES = ('auto', 'cpu', 'cuda')
+
+ERROR_LOG_PERIOD_S = 5.0
+DIAGNOSTICS_PERIOD_S = 1.0
+
+# Maximum time the worker thread blocks before it checks whether to stop.
+WORKER_POLL_PERIOD_S = 0.2
+WORKER_JOIN_TIMEOUT_S = 10.0
+
+
+@dataclasses.dataclass
+class DetectorStats:
+    """Counters of the detector node since start, reported on /diagnostics.
+
+    The subscription callback writes frames_received and frames_dropped, the worker
+    thread writes the others, so no counter has two writers.
+    """
+
+    frames_received: int = 0
+    frames_dropped: int = 0
+    frames_processed: int = 0
+    bad_messages: int = 0
+    inference_errors: int = 0
+    last_inference_time_s: float = 0.0
+    last_error: str = ''
+
+
+class DetectorNode(LifecycleNode):
+    """Lifecycle node that owns one AnomalyDetector.
+
+    configure loads the checkpoint and warms the model up, activate subscribes to
+    `image` and starts the worker thread, deactivate stops both, cleanup releases
+    the model.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__('detector', **kwargs)
+        self._declare_parameters()
+        self.add_on_set_parameters_callback(self._validate_parameters)
+
+        self.detector = None
+        self.device = ''
+        self.stats = DetectorStats()
+        self._slot: LatestSlot[Image] = LatestSlot()
+        self._worker: Optional[threading.Thread] = None
+        self._stop_worker = threading.Event()
+        self._subscription = None
+        self._map_publisher = None
+        self._heatmap_publisher = None
+        self._verdict_publisher = None
+        self._throttle = ErrorThrottle(self.get_logger().error, ERROR_LOG_PERIOD_S)
+        self._errors_at_last_diagnostics = 0
+
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diagnostics_timer = self.create_timer(
+            DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+
+    def _declare_parameters(self) -> None:
+        self.declare_parameter('checkpoint', '', ParameterDescriptor(
+            description='Path of the HetNet checkpoint file written by hetnet-train (required).'))
+        self.declare_parameter('device', 'auto', ParameterDescriptor(
+            description="Torch device: 'cpu', 'cuda', or 'auto' (cuda when available)."))
+        self.declare_parameter('publish_heatmap', True, ParameterDescriptor(
+            description='Publish the rgb8 heatmap overlay on heatmap.'))
+        self.declare_parameter('autostart', True, ParameterDescriptor(
+            description='Configure and activate at start; false leaves the node unconfigured '
+                        'for a lifecycle manager.'))
+
+    def _validate_parameters(self, parameters) -> SetParametersResult:
+        for parameter in parameters:
+            if parameter.name == 'device' and parameter.value not in DEVICES:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"device must be one of {', '.join(DEVICES)}, got {parameter.value!r}")
+        return SetParametersResult(successful=True)
+
+    # Lifecycle transitions.
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.detector, self.device = self._load_detector()
+        except ValueError as error:
+            self.get_logger().error(str(error))
+            return TransitionCallbackReturn.FAILURE
+        except Exception as error:  # noqa: BLE001
+            # rclpy turns an exception in a transition into an error state without
+            # logging it, so log it here.
+            checkpoint = self.get_parameter('checkpoint').value
+            self.get_logger().error(
+                f'failed to load checkpoint {checkpoint} (unexpected {type(error).__name__}: '
+                f'{error}); check that it is a checkpoint file written by hetnet-train')
+            return TransitionCallbackReturn.FAILURE
+
+        self._map_publisher = self.create_lifecycle_publisher(Image, 'anomaly_map', 10)
+        self._heatmap_publisher = self.create_lifecycle_publisher(Image, 'heatmap', 10)
+        self._verdict_publisher = self.create_lifecycle_publisher(DefectVerdict, 'verdict', 10)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._slot.reopen()
+        self._stop_worker.clear()
+        self._worker = threading.Thread(
+            target=self._run_worker, name='detector-worker', daemon=True)
+        self._worker.start()
+        self._subscription = self.create_subscription(
+            Image, 'image', self._on_image, sensor_qos(depth=1))
+        self.get_logger().info(f'active: waiting for images on {self._subscription.topic_name}')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        self.get_logger().info('inactive: image subscription closed')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for publisher in (self._map_publisher, self._heatmap_publisher, self._verdict_publisher):
+            self.destroy_lifecycle_publisher(publisher)
+        self._map_publisher = self._heatmap_publisher = self._verdict_publisher = None
+        self.detector = None
+        self.get_logger().info('unconfigured: model released')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release(self) -> None:
+        """Stop the worker thread and release the model; safe to call more than once."""
+        self._stop()
+        self.detector = None
+
+    # Image handling.
+
+    def _on_image(self, message: Image) -> None:
+        self.stats.frames_received += 1
+        if self._slot.put(message):
+            self.stats.frames_dropped += 1
+
+    def _run_worker(self) -> None:
+        while not self._stop_worker.is_set():
+            message = self._slot.take(WORKER_POLL_PERIOD_S)
+            if message is None:
+                continue
+            try:
+                self.process(message)
+            except Exception as error:  # noqa: BLE001 - the worker must outlive any one frame
+                self.stats.inference_errors += 1
+                self.stats.last_error = repr(error)
+                self.get_logger().error(
+                    f'unexpected error on image {_describe(message)}: {error!r}; '
+                    'skipping this frame')
+
+    def process(self, message: Image) -> bool:
+        """Run the model on one image message and publish the results.
+
+        Returns:
+            True when the verdict was published; False when the message was rejected
+            (the error is logged, throttled, and counted in stats).
+        """
+        try:
+            rgb = decode_image(
+                message.encoding, message.height, message.width, message.step, message.data,
+                bool(message.is_bigendian))
+        except ImageDecodeError as error:
+            self.stats.bad_messages += 1
+            self.stats.last_error = str(error)
+            self._throttle.report(
+                error.reason, f'rejected image {_describe(message)}: {error}')
+            return False
+
+        # The model needs contiguous memory; rgb8 without row padding is used as is.
+        rgb = np.ascontiguousarray(rgb)
+        try:
+            prediction = self.detector.predict(rgb)
+        except (RuntimeError, ValueError) as error:
+            return self._reject_output(message, f'inference failed: {error}')
+        anomaly_map = np.asarray(prediction.anomaly_map, dtype=np.float32)
+        if anomaly_map.shape != rgb.shape[:2]:
+            return self._reject_output(
+                message, f'model returned an anomaly map of shape {anomaly_map.shape} for an '
+                f'image of shape {rgb.shape[:2]}')
+        if not (np.isfinite(prediction.pred_score) and np.all(np.isfinite(anomaly_map))):
+            return self._reject_output(
+                message, 'model output contains NaN or inf; check that the checkpoint is '
+                'intact and was trained without diverging')
+
+        self.stats.frames_processed += 1
+        self.stats.last_inference_time_s = float(prediction.inference_time_s)
+        self._publish(message, rgb, anomaly_map, prediction)
+        return True
+
+    def _publish(self, message: Image, rgb: np.ndarray, anomaly_map: np.ndarray,
+                 prediction) -> None:
+        step, data, is_bigendian = encode_32fc1(anomaly_map)
+        self._map_publisher.publish(Image(
+            header=message.header, height=message.height, width=message.width,
+            encoding=FLOAT_MAP_ENCODING, is_bigendian=is_bigendian, step=step, data=data))
+
+        # The overlay needs a colour map and a blend per frame, so skip it when no
+        # node subscribes to heatmap.
+        if (self.get_parameter('publish_heatmap').value
+                and self._heatmap_publisher.get_subscription_count() > 0):
+            step, data = encode_rgb8(heatmap_overlay(rgb, anomaly_map))
+            self._heatmap_publisher.publish(Image(
+                header=message.header, height=message.height, width=message.width,
+                encoding='rgb8', is_bigendian=0, step=step, data=data))
+
+        self._verdict_publisher.publish(self._verdict_message(message, prediction))
+
+    def _verdict_message(self, message: Image, prediction) -> DefectVerdict:
+        verdict = DefectVerdict()
+        verdict.header = message.header
+        verdict.pred_score = float(prediction.pred_score)
+        verdict.raw_score = float(prediction.raw_score)
+        verdict.threshold = float(self.detector.threshold)
+        verdict.is_anomalous = bool(prediction.is_anomalous)
+        verdict.anomalous_regions = [
+            RegionOfInterest(
+                x_offset=int(region.x), y_offset=int(region.y),
+                width=int(region.width), height=int(region.height))
+            for region in prediction.regions]
+        verdict.region_scores = [float(region.peak_score) for region in prediction.regions]
+        verdict.inference_time_s = float(prediction.inference_time_s)
+        verdict.model_id = self.detector.model_id
+        return verdict
+
+    def _reject_output(self, message: Image, reason: str) -> bool:
+        self.stats.inference_errors += 1
+        self.stats.last_error = reason
+        self._throttle.report('inference', f'no verdict for image {_describe(message)}: {reason}')
+        return False
+
+    # Helpers.
+
+    def _load_detector(self):
+        """Load and warm up the checkpoint; return (detector, device).
+
+        Raises:
+            ValueError: the checkpoint parameter is empty, the file is missing or
+                cannot be loaded, or the device is not available.
+        """
+        checkpoint = self.get_parameter('checkpoint').value
+        if not checkpoint:
+            raise ValueError(
+                "parameter 'checkpoint' is empty; set it to a checkpoint file written by "
+                'hetnet-train, for example -p checkpoint:=/models/screw.pt')
+        path = pathlib.Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise ValueError(
+                f'checkpoint file {path} not found; check the checkpoint parameter, or train '
+                'one with hetnet-train')
+        device = self._resolve_device(self.get_parameter('device').value)
+
+        # Imported here, so that importing the node module does not load PyTorch.
+        from hetnet_ros.checkpoint import CheckpointError
+        from hetnet_ros.inference import AnomalyDetector
+
+        started = time.monotonic()
+        try:
+            detector = AnomalyDetector.from_checkpoint(path, device=device)
+            detector.warmup()
+        except (CheckpointError, OSError, RuntimeError) as error:
+            raise ValueError(f'failed to load checkpoint {path} on {device}: {error}') from error
+        self.get_logger().info(
+            f'configured: model {detector.model_id} from {path} on {device}, input '
+            f'{detector.image_size}x{detector.image_size} px, threshold {detector.threshold:g}, '
+            f'loaded and warmed up in {time.monotonic() - started:.1f} s')
+        return detector, device
+
+    def _resolve_device(self, requested: str) -> str:
+        if requested not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
+        import torch
+        cuda_available = torch.cuda.is_available()
+        if requested == 'cuda' and not cuda_available:
+            raise ValueError(
+                "device 'cuda' was requested but PyTorch finds no CUDA device; "
+                "set device to 'cpu' or 'auto'")
+        if requested == 'auto':
+            return 'cuda' if cuda_available else 'cpu'
+        return requested
+
+    def _stop(self) -> None:
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        self._stop_worker.set()
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join(WORKER_JOIN_TIMEOUT_S)
+            if self._worker.is_alive():
+                self.get_logger().warning(
+                    f'worker thread still busy after {WORKER_JOIN_TIMEOUT_S:g} s; '
+                    'it stops after the current frame')
+            self._worker = None
+
+    def _publish_diagnostics(self) -> None:
+        # WARN while errors keep coming; OK again after a period without new ones.
+        errors = self.stats.bad_messages + self.stats.inference_errors
+        new_errors = errors - self._errors_at_last_diagnostics
+        self._errors_at_last_diagnostics = errors
+        if self.detector is None:
+            level, message = DiagnosticStatus.WARN, 'no model loaded'
+        elif new_errors:
+            level = DiagnosticStatus.WARN
+            message = f'{new_errors} images rejected in the last period, last error: ' \
+                f'{self.stats.last_error}'
+        else:
+            level, message = DiagnosticStatus.OK, 'active' if self._worker else 'inactive'
+        values = dataclasses.asdict(self.stats)
+        values['device'] = self.device
+        hardware_id = self.detector.model_id if self.detector is not None else ''
+        self._diagnostics_publisher.publish(diagnostic_array(
+            self.get_clock().now().to_msg(), f'{self.get_fully_qualified_name()}: detector',
+            hardware_id, level, message, values))
+
+
+def _describe(message: Image) -> str:
+    stamp = message.header.stamp
+    return (
+        f'(frame_id {message.header.frame_id!r}, stamp {stamp.sec}.{stamp.nanosec:09d}, '
+        f'encoding {message.encoding!r}, {message.width}x{message.height}, step {message.step}, '
+        f'{len(message.data)} bytes)')
+
+
+def main(args=None) -> int:
+    return run_node(DetectorNode, args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

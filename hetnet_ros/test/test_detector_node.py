@@ -1,0 +1,307 @@
+"""Tests of the detector node over real DDS with a small real checkpoint and real screw images."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+import rclpy
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from hetnet_ros_msgs.msg import DefectVerdict
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+
+from hetnet_ros.data.mvtec import read_image
+from hetnet_ros.imaging import decode_float_map, decode_image
+from hetnet_ros.nodes.common import SENSOR_QOS, LatestSlot, start_lifecycle_node
+from hetnet_ros.nodes.detector_node import DetectorNode
+
+WAIT_TIMEOUT_S = 30.0
+REPUBLISH_PERIOD_S = 3.0
+PROCESS_TIMEOUT_S = 90.0
+PACKAGE_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Non-square, so that a swapped width and height cannot pass.
+INPUT_WIDTH, INPUT_HEIGHT = 120, 96
+FRAME_ID = 'probe_optical_frame'
+
+
+def wait_for(predicate, timeout_s=WAIT_TIMEOUT_S, description='condition'):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    pytest.fail(f'timed out after {timeout_s} s waiting for {description}')
+
+
+class Probe:
+    """Test node that publishes images to the detector and records everything it publishes."""
+
+    def __init__(self, context):
+        self.node = rclpy.create_node('detector_probe', context=context)
+        self.publisher = self.node.create_publisher(Image, 'image', SENSOR_QOS)
+        self.maps, self.heatmaps, self.verdicts, self.diagnostics = [], [], [], []
+        self.node.create_subscription(Image, 'anomaly_map', self.maps.append, 10)
+        self.node.create_subscription(Image, 'heatmap', self.heatmaps.append, 10)
+        self.node.create_subscription(DefectVerdict, 'verdict', self.verdicts.append, 10)
+        self.node.create_subscription(
+            DiagnosticArray, '/diagnostics', self.diagnostics.append, 10)
+
+    def publish_until(self, message: Image, done, description: str) -> None:
+        """Publish `message` until done() is true; best-effort delivery may lose one."""
+        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self.publisher.publish(message)
+            republish_at = time.monotonic() + REPUBLISH_PERIOD_S
+            while time.monotonic() < min(republish_at, deadline):
+                if done():
+                    return
+                time.sleep(0.01)
+        pytest.fail(f'timed out after {WAIT_TIMEOUT_S} s waiting for {description}')
+
+    def outputs_for(self, stamp: Time):
+        """Return (anomaly_map, heatmap, verdict) messages with this stamp, None where missing."""
+        def find(messages):
+            matches = [m for m in messages if m.header.stamp == stamp]
+            return matches[-1] if matches else None
+        return find(self.maps), find(self.heatmaps), find(self.verdicts)
+
+
+@pytest.fixture(scope='module')
+def graph(tiny_checkpoint):
+    """A started detector node and a probe node, spinning in a background thread."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    detector = DetectorNode(
+        context=context, use_global_arguments=False,
+        parameter_overrides=[
+            Parameter('checkpoint', value=str(tiny_checkpoint)),
+            Parameter('device', value='cpu')])
+    assert start_lifecycle_node(detector), 'detector node failed to start'
+    probe = Probe(context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(detector)
+    executor.add_node(probe.node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+
+    wait_for(lambda: probe.publisher.get_subscription_count() > 0
+             and detector._verdict_publisher.get_subscription_count() > 0
+             and detector._heatmap_publisher.get_subscription_count() > 0,
+             description='the probe and the detector to discover each other')
+    yield detector, probe
+
+    executor.shutdown(timeout_sec=5.0)
+    thread.join(timeout=5.0)
+    detector.release()
+    detector.destroy_node()
+    probe.node.destroy_node()
+    rclpy.shutdown(context=context)
+
+
+@pytest.fixture(scope='module')
+def screw_rgb(screw_root) -> np.ndarray:
+    """A real defective screw image, shrunk to INPUT_WIDTH x INPUT_HEIGHT."""
+    rgb = read_image(screw_root / 'test' / 'scratch_head' / '000.png')
+    return cv2.resize(rgb, (INPUT_WIDTH, INPUT_HEIGHT), interpolation=cv2.INTER_AREA)
+
+
+_stamp_counter = iter(range(1, 1_000_000))
+
+
+def make_image(encoding: str, rgb: np.ndarray, is_bigendian: bool = False) -> Image:
+    """Build an Image message of `rgb` in `encoding`, with a stamp no other message has."""
+    gray = rgb[:, :, 0]
+    alpha = np.full(gray.shape + (1,), 255, np.uint8)
+    pixels = {
+        'rgb8': rgb,
+        'bgr8': rgb[:, :, ::-1],
+        'rgba8': np.concatenate([rgb, alpha], axis=2),
+        'bgra8': np.concatenate([rgb[:, :, ::-1], alpha], axis=2),
+        'mono8': gray,
+        'mono16': (gray.astype(np.uint16) * 257).astype('>u2' if is_bigendian else '<u2'),
+    }[encoding]
+    pixels = np.ascontiguousarray(pixels)
+
+    message = Image()
+    message.header.stamp = Time(sec=next(_stamp_counter), nanosec=500)
+    message.header.frame_id = FRAME_ID
+    message.height, message.width = rgb.shape[:2]
+    message.encoding = encoding
+    message.is_bigendian = int(is_bigendian)
+    message.step = pixels.strides[0]
+    message.data = pixels.tobytes()
+    return message
+
+
+def run_detector(probe: Probe, message: Image):
+    """Publish one image and return its (anomaly_map, heatmap, verdict) messages."""
+    def all_outputs_arrived():
+        return all(output is not None for output in probe.outputs_for(message.header.stamp))
+
+    probe.publish_until(
+        message, all_outputs_arrived, f'the outputs for the {message.encoding} image')
+    return probe.outputs_for(message.header.stamp)
+
+
+@pytest.fixture(scope='module')
+def reference_map(graph, screw_rgb) -> np.ndarray:
+    _, probe = graph
+    anomaly_map, _, _ = run_detector(probe, make_image('rgb8', screw_rgb))
+    return decode_float_map(
+        anomaly_map.height, anomaly_map.width, anomaly_map.step, anomaly_map.data,
+        anomaly_map.is_bigendian)
+
+
+@pytest.mark.parametrize('encoding, is_bigendian', [
+    ('rgb8', False), ('bgr8', False), ('rgba8', False), ('bgra8', False), ('mono8', False),
+    ('mono16', False), ('mono16', True)])
+def test_image_to_map_heatmap_verdict(graph, screw_rgb, reference_map, encoding, is_bigendian):
+    detector, probe = graph
+    message = make_image(encoding, screw_rgb, is_bigendian)
+
+    anomaly_map, heatmap, verdict = run_detector(probe, message)
+
+    assert anomaly_map.header == message.header
+    assert anomaly_map.encoding == '32FC1'
+    assert (anomaly_map.height, anomaly_map.width) == (INPUT_HEIGHT, INPUT_WIDTH)
+    values = decode_float_map(
+        anomaly_map.height, anomaly_map.width, anomaly_map.step, anomaly_map.data,
+        anomaly_map.is_bigendian)
+    assert np.all(np.isfinite(values))
+    assert values.min() >= 0.0, 'the map is normalised to [0, 1]'
+    assert values.max() <= 1.0, 'the map is normalised to [0, 1]'
+    # The screw image is gray, so every encoding carries the same pixels.
+    np.testing.assert_allclose(values, reference_map, atol=1e-5,
+                               err_msg=f'{encoding} must give the map of the same rgb8 image')
+
+    assert heatmap.header == message.header
+    assert heatmap.encoding == 'rgb8'
+    assert (heatmap.height, heatmap.width) == (INPUT_HEIGHT, INPUT_WIDTH)
+    overlay = decode_image(heatmap.encoding, heatmap.height, heatmap.width, heatmap.step,
+                           heatmap.data)
+    assert overlay.shape == (INPUT_HEIGHT, INPUT_WIDTH, 3)
+
+    assert verdict.header == message.header
+    assert verdict.model_id == detector.detector.model_id
+    assert verdict.threshold == pytest.approx(0.5)
+    assert verdict.is_anomalous == (verdict.pred_score >= verdict.threshold)
+    assert 0.0 <= verdict.pred_score <= 1.0, 'pred_score is normalised to [0, 1]'
+    assert verdict.inference_time_s > 0.0
+    assert len(verdict.region_scores) == len(verdict.anomalous_regions)
+    for region in verdict.anomalous_regions:
+        assert region.x_offset + region.width <= INPUT_WIDTH
+        assert region.y_offset + region.height <= INPUT_HEIGHT
+
+
+def test_bad_messages_reported_then_recovers(graph, screw_rgb, capfd):
+    detector, probe = graph
+    bad_before = detector.stats.bad_messages
+
+    unsupported = make_image('rgb8', screw_rgb)
+    unsupported.encoding = 'yuv422'
+    probe.publish_until(unsupported, lambda: detector.stats.bad_messages >= bad_before + 1,
+                        'the yuv422 image to be rejected')
+
+    truncated = make_image('rgb8', screw_rgb)
+    truncated.data = truncated.data[:-7]
+    probe.publish_until(truncated, lambda: detector.stats.bad_messages >= bad_before + 2,
+                        'the truncated image to be rejected')
+
+    good = make_image('mono8', screw_rgb)
+    _, _, verdict = run_detector(probe, good)
+    assert verdict.header == good.header, 'the detector must keep working after bad messages'
+
+    for rejected in (unsupported, truncated):
+        assert probe.outputs_for(rejected.header.stamp) == (None, None, None)
+    logged = capfd.readouterr().err
+    assert "image encoding 'yuv422' is not supported" in logged
+    assert 'truncated' in logged
+    assert detector.stats.last_error != ''
+
+    def diagnostics_count_errors():
+        for array in probe.diagnostics:
+            for status in array.status:
+                values = {pair.key: pair.value for pair in status.values}
+                if status.name.endswith('detector') and \
+                        int(values.get('bad_messages', 0)) >= bad_before + 2:
+                    return True
+        return False
+
+    wait_for(diagnostics_count_errors, description='/diagnostics to count the rejected images')
+
+
+def test_newest_frame_wins(graph, screw_rgb):
+    detector, probe = graph
+    messages = [make_image('rgb8', screw_rgb) for _ in range(5)]
+
+    for message in messages:
+        probe.publisher.publish(message)
+    last_stamp = messages[-1].header.stamp
+    wait_for(lambda: probe.outputs_for(last_stamp)[2] is not None,
+             description='the verdict of the newest frame')
+    stats = detector.stats
+    wait_for(lambda: stats.frames_processed + stats.frames_dropped + stats.bad_messages
+             + stats.inference_errors >= stats.frames_received,
+             description='the worker to finish')
+
+    assert stats.frames_processed + stats.frames_dropped + stats.bad_messages \
+        + stats.inference_errors == stats.frames_received
+
+
+def test_latest_slot_keeps_newest():
+    slot = LatestSlot()
+
+    assert slot.put('first') is False
+    assert slot.put('second') is True, 'replacing an untaken item counts as a drop'
+    assert slot.take(timeout_s=1.0) == 'second'
+    assert slot.take(timeout_s=0.01) is None
+
+    slot.close()
+    assert slot.take(timeout_s=5.0) is None, 'close() must wake a waiting consumer'
+    slot.reopen()
+    slot.put('third')
+    assert slot.take(timeout_s=1.0) == 'third'
+
+
+def _run_node_process(*ros_arguments) -> subprocess.CompletedProcess:
+    environment = dict(os.environ)
+    environment['PYTHONPATH'] = os.pathsep.join(
+        filter(None, [str(PACKAGE_ROOT), environment.get('PYTHONPATH')]))
+    return subprocess.run(
+        [sys.executable, '-m', 'hetnet_ros.nodes.detector_node', '--ros-args', *ros_arguments],
+        env=environment, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
+
+
+def test_empty_checkpoint_exits_nonzero():
+    result = _run_node_process()
+
+    assert result.returncode == 1, result.stderr
+    assert "parameter 'checkpoint' is empty" in result.stderr
+
+
+def test_missing_checkpoint_exits_nonzero(tmp_path):
+    missing = tmp_path / 'missing.pt'
+
+    result = _run_node_process('-p', f'checkpoint:={missing}')
+
+    assert result.returncode == 1, result.stderr
+    assert f'checkpoint file {missing} not found' in result.stderr
+
+
+def test_corrupt_checkpoint_exits_nonzero(tmp_path):
+    corrupt = tmp_path / 'corrupt.pt'
+    corrupt.write_bytes(b'this is not a checkpoint')
+
+    result = _run_node_process('-p', f'checkpoint:={corrupt}', '-p', 'device:=cpu')
+
+    assert result.returncode == 1, result.stderr
+    assert f'failed to load checkpoint {corrupt}' in result.stderr
