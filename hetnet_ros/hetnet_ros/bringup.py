@@ -1,0 +1,269 @@
+"""The inspection graph as data: which nodes run, with which parameters and remappings.
+
+`launch/inspect.launch.py` (for `ros2 launch`) and `hetnet-inspect`
+(`hetnet_ros.launcher`, for machines without the launch packages) both build
+their processes from `inspection_graph()`, so the two cannot drift apart.
+
+Node parameters come from two places. `config/inspect.yaml` contains the
+tuning of the cell (speeds, timeouts, settle time), and `GraphOptions`
+contains what changes from run to run (checkpoint, image source, records
+folder). Options that are left unset keep the value of the file.
+
+This module imports no rclpy, so the graph can be checked without ROS.
+"""
+
+import dataclasses
+import os
+import pathlib
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Union
+
+import yaml
+
+PACKAGE = 'hetnet_ros'
+
+# Name of the inspection node's action; a cell controller calls <namespace>/inspect_part.
+INSPECT_ACTION = 'inspect_part'
+
+# Graph name of every topic and service that connects nodes or feeds RViz. Each
+# node uses the short relative name on the left and is remapped onto the right.
+GRAPH_NAMES = {
+    'image': 'camera/image',
+    'camera_info': 'camera/camera_info',
+    'capture': 'camera/capture',
+    'anomaly_map': 'detector/anomaly_map',
+    'heatmap': 'detector/heatmap',
+    'verdict': 'detector/verdict',
+}
+
+# Relative names each node uses (topics and services); the inspection node's own
+# outputs (tool_pose, inspection_report, inspect_part) keep their names.
+NODE_NAMES_USED = {
+    'camera': ('image', 'camera_info', 'capture'),
+    'detector': ('image', 'anomaly_map', 'heatmap', 'verdict'),
+    'inspection': ('verdict', 'image', 'heatmap', 'capture'),
+}
+
+# Launch arguments shared by the launch file and the console launcher:
+# name -> description. Every default is '', meaning "keep config/inspect.yaml".
+GRAPH_ARGUMENTS = {
+    'checkpoint': 'HetNet checkpoint file written by hetnet-train (required)',
+    'images': 'replay camera source: image folder, image file or MVTec-layout data set root '
+              '(its test set is replayed)',
+    'poses': 'YAML file of inspection poses (default: config/poses.yaml of the package)',
+    'records': 'folder for the records database and images (default: recording disabled)',
+    'camera_rate_hz': 'camera publishing rate in Hz; 0 takes one frame per pose through the '
+                      'capture service (default from the config file)',
+    'camera_backend': "camera back-end, 'replay' or 'realsense' (default from the config file)",
+    'robot_backend': "robot back-end, 'sim' (default from the config file)",
+    'sim_speed_factor': 'simulated seconds per wall second of the sim robot (default from the '
+                        'config file)',
+    'device': "detector torch device, 'auto', 'cpu' or 'cuda' (default from the config file)",
+    'namespace': 'ROS namespace of all nodes (default: none)',
+    'config': 'node parameter file (default: config/inspect.yaml of the package)',
+}
+
+
+class GraphConfigError(ValueError):
+    """The node parameter file or a graph option is invalid."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the graph, in the terms of launch_ros.actions.Node."""
+
+    package: str
+    executable: str
+    module: str
+    name: str
+    namespace: str = ''
+    parameters: dict = field(default_factory=dict)
+    remappings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def fully_qualified_name(self) -> str:
+        namespace = self.namespace.strip('/')
+        return f'/{namespace}/{self.name}' if namespace else f'/{self.name}'
+
+    def parameters_document(self) -> dict:
+        """Return the parameters as the content of a ROS 2 parameter file for this node."""
+        return {self.fully_qualified_name: {'ros__parameters': dict(self.parameters)}}
+
+    def ros_arguments(self, params_file: Union[str, pathlib.Path]) -> list[str]:
+        """Return the `--ros-args` command-line arguments that start this node.
+
+        Args:
+            params_file: a file written from `parameters_document()`; a file keeps the
+                parameter types exactly, where `-p key:=value` would reparse strings.
+        """
+        arguments = ['--ros-args', '-r', f'__node:={self.name}']
+        if self.namespace:
+            arguments += ['-r', f'__ns:={_absolute(self.namespace)}']
+        arguments += ['--params-file', str(params_file)]
+        for source, target in self.remappings:
+            arguments += ['-r', f'{source}:={target}']
+        return arguments
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """Run-specific options of the graph; None or '' keeps the config file's value."""
+
+    checkpoint: str = ''
+    images: str = ''
+    poses: str = ''
+    records: str = ''
+    camera_rate_hz: Optional[float] = None
+    camera_backend: str = ''
+    robot_backend: str = ''
+    sim_speed_factor: Optional[float] = None
+    device: str = ''
+    namespace: str = ''
+    config: str = ''
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, str]) -> 'GraphOptions':
+        """Build options from launch-argument strings; unknown names raise GraphConfigError."""
+        unknown = set(values) - set(GRAPH_ARGUMENTS)
+        if unknown:
+            raise GraphConfigError(
+                f'unknown graph arguments {sorted(unknown)}; known: {", ".join(GRAPH_ARGUMENTS)}')
+        parsed = {}
+        for option in dataclasses.fields(cls):
+            text = str(values.get(option.name, '')).strip()
+            if option.name in ('camera_rate_hz', 'sim_speed_factor'):
+                parsed[option.name] = _parse_float(option.name, text) if text else None
+            else:
+                parsed[option.name] = text
+        return cls(**parsed)
+
+
+def package_file_path(*parts: str) -> pathlib.Path:
+    """Return the path of a data file of the package, e.g. ('config', 'poses.yaml').
+
+    A source checkout's file wins over an installed share folder, so that running
+    from the source tree uses the files being edited.
+    """
+    source_tree = pathlib.Path(__file__).resolve().parents[1].joinpath(*parts)
+    if source_tree.exists():
+        return source_tree
+    try:
+        from ament_index_python.packages import (
+            PackageNotFoundError, get_package_share_directory)
+    except ImportError:
+        return source_tree
+    try:
+        return pathlib.Path(get_package_share_directory(PACKAGE)).joinpath(*parts)
+    except PackageNotFoundError:
+        return source_tree
+
+
+def package_config_path(name: str) -> pathlib.Path:
+    return package_file_path('config', name)
+
+
+def package_rviz_path() -> pathlib.Path:
+    return package_file_path('rviz', 'inspect.rviz')
+
+
+def load_node_parameters(path: Union[str, pathlib.Path]) -> dict[str, dict]:
+    """Read a ROS 2 parameter file and return {node name: {parameter: value}}."""
+    path = pathlib.Path(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding='utf-8')) or {}
+    except OSError as error:
+        raise GraphConfigError(f'cannot read node parameter file {path}: {error}') from None
+    except yaml.YAMLError as error:
+        raise GraphConfigError(f'node parameter file {path} is not valid YAML: {error}') from None
+    if not isinstance(document, dict):
+        raise GraphConfigError(f'node parameter file {path} must map node names to parameters')
+
+    parameters = {}
+    for node_name, section in document.items():
+        if not isinstance(section, dict) or not isinstance(section.get('ros__parameters'), dict):
+            raise GraphConfigError(
+                f'node parameter file {path}: section {node_name!r} needs a '
+                '"ros__parameters" mapping')
+        parameters[str(node_name).strip('/')] = dict(section['ros__parameters'])
+    return parameters
+
+
+def inspection_graph(options: GraphOptions) -> list[NodeSpec]:
+    """Return the camera, detector and inspection nodes for the given options.
+
+    Raises:
+        GraphConfigError: when the checkpoint is missing, or the parameter file is invalid.
+    """
+    if not options.checkpoint:
+        raise GraphConfigError(
+            'no checkpoint given; pass the checkpoint file written by hetnet-train')
+    config_file = options.config or package_config_path('inspect.yaml')
+    config = load_node_parameters(config_file)
+    missing = [name for name in NODE_NAMES_USED if name not in config]
+    if missing:
+        raise GraphConfigError(f'node parameter file {config_file} has no section for {missing}')
+
+    camera = dict(config['camera'])
+    _set_if_given(camera, 'backend', options.camera_backend)
+    _set_if_given(camera, 'source', _absolute_path(options.images))
+    _set_if_given(camera, 'rate_hz', options.camera_rate_hz)
+    if camera.get('rate_hz') is not None:
+        camera['rate_hz'] = float(camera['rate_hz'])
+
+    detector = dict(config['detector'])
+    detector['checkpoint'] = _absolute_path(options.checkpoint)
+    _set_if_given(detector, 'device', options.device)
+
+    inspection = dict(config['inspection'])
+    _set_if_given(inspection, 'poses_file', _absolute_path(options.poses))
+    _set_if_given(inspection, 'records_dir', _absolute_path(options.records))
+    _set_if_given(inspection, 'robot_backend', options.robot_backend)
+    _set_if_given(inspection, 'sim_speed_factor', options.sim_speed_factor)
+    # A camera without a rate publishes only on request, so the inspection node
+    # calls its capture service after settling at each pose.
+    inspection['capture_service'] = 'capture' if not camera.get('rate_hz') else ''
+
+    namespace = options.namespace.strip('/')
+    return [
+        _node_spec('camera', 'camera_node', camera, namespace),
+        _node_spec('detector', 'detector_node', detector, namespace),
+        _node_spec('inspection', 'inspection_node', inspection, namespace),
+    ]
+
+
+def action_name(namespace: str = '') -> str:
+    """Return the fully qualified name of the inspect_part action in a namespace."""
+    namespace = namespace.strip('/')
+    return f'/{namespace}/{INSPECT_ACTION}' if namespace else f'/{INSPECT_ACTION}'
+
+
+def _node_spec(name: str, executable: str, parameters: dict, namespace: str) -> NodeSpec:
+    remappings = tuple((used, GRAPH_NAMES[used]) for used in NODE_NAMES_USED[name])
+    return NodeSpec(
+        package=PACKAGE,
+        executable=executable,
+        module=f'{PACKAGE}.nodes.{executable}',
+        name=name,
+        namespace=namespace,
+        parameters=parameters,
+        remappings=remappings)
+
+
+def _set_if_given(parameters: dict, key: str, value) -> None:
+    if value is not None and value != '':
+        parameters[key] = value
+
+
+def _absolute_path(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path)) if path else ''
+
+
+def _absolute(namespace: str) -> str:
+    return '/' + namespace.strip('/')
+
+
+def _parse_float(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise GraphConfigError(f'{name} must be a number, got {text!r}') from None
