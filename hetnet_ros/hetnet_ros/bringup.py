@@ -64,6 +64,10 @@ GRAPH_ARGUMENTS = {
 }
 
 
+# Fast DDS profile that carries large images through shared memory.
+DDS_PROFILE = 'fastdds_large_images.xml'
+
+
 class GraphConfigError(ValueError):
     """The node parameter file or a graph option is invalid."""
 
@@ -164,6 +168,21 @@ def package_config_path(name: str) -> pathlib.Path:
 
 def package_rviz_path() -> pathlib.Path:
     return package_file_path('rviz', 'inspect.rviz')
+
+
+def dds_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """Return the environment variables the nodes need on top of `environ`.
+
+    Fast DDS drops best-effort images of several megabytes between processes
+    with its default transports (see config/fastdds_large_images.xml), so the
+    graph's processes get that profile unless the user chose a profile or
+    another RMW implementation.
+    """
+    if environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp') != 'rmw_fastrtps_cpp':
+        return {}
+    if environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') or environ.get('FASTDDS_DEFAULT_PROFILES_FILE'):
+        return {}
+    return {'FASTRTPS_DEFAULT_PROFILES_FILE': str(package_config_path(DDS_PROFILE))}
 
 
 def load_node_parameters(path: Union[str, pathlib.Path]) -> dict[str, dict]:

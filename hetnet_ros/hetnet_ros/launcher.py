@@ -38,6 +38,7 @@ from hetnet_ros.bringup import (
     GraphOptions,
     NodeSpec,
     action_name,
+    dds_environment,
     inspection_graph,
 )
 
@@ -204,6 +205,11 @@ def main(argv=None) -> int:
 
     if args.ros_domain_id is not None:
         os.environ['ROS_DOMAIN_ID'] = str(args.ros_domain_id)
+    dds_variables = dds_environment(os.environ)
+    for name, value in dds_variables.items():
+        print(f'using the Fast DDS profile {value} ({name})', flush=True)
+    # The launcher's own participant needs the same transports as the nodes.
+    os.environ.update(dds_variables)
     env = dict(os.environ, PYTHONUNBUFFERED='1')
 
     previous_handlers = _install_signal_handlers()
@@ -365,9 +371,10 @@ class _Session:
                               f'{len(report.views)} views: {result.message}')
 
         verdict = 'ANOMALOUS' if report.is_anomalous else 'normal'
+        # Views are numbered from 1 in the output, like the per-view lines above.
         worst = report.worst_view_index
         worst_name = report.view_names[worst] if worst >= 0 else ''
-        print(f'part {part_id}: {verdict} (worst view {worst} {worst_name!r}, '
+        print(f'part {part_id}: {verdict} (worst view {worst + 1} {worst_name!r}, '
               f'pred_score {report.worst_score:.3f}, model {report.model_id})', flush=True)
         if report.records_path:
             print(f'records: {report.records_path}', flush=True)

@@ -7,13 +7,16 @@ the console launcher hetnet-inspect reads too. This file only turns launch
 arguments into bringup options and bringup's node list into launch actions.
 """
 
+import os
+
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from hetnet_ros.bringup import GRAPH_ARGUMENTS, GraphOptions, inspection_graph, package_rviz_path
+from hetnet_ros.bringup import (
+    GRAPH_ARGUMENTS, GraphOptions, dds_environment, inspection_graph, package_rviz_path)
 
 
 def create_graph_nodes(context):
@@ -48,4 +51,8 @@ def generate_launch_description():
         condition=IfCondition(LaunchConfiguration('rviz')),
         output='screen',
     )
-    return LaunchDescription([*arguments, OpaqueFunction(function=create_graph_nodes), rviz])
+    dds_variables = [
+        SetEnvironmentVariable(name, value) for name, value in dds_environment(os.environ).items()
+    ]
+    return LaunchDescription([
+        *arguments, *dds_variables, OpaqueFunction(function=create_graph_nodes), rviz])
