@@ -169,16 +169,22 @@ def test_launch_file_builds_nodes_from_graph(monkeypatch, graph, tmp_path):
         def perform(self, context):
             return context.get(self.args[0], '')
 
+    class SetEnvironmentVariable(Recorder):
+        pass
+
     modules = {
         'launch': types.SimpleNamespace(LaunchDescription=Recorder),
         'launch.actions': types.SimpleNamespace(
-            DeclareLaunchArgument=Recorder, OpaqueFunction=Recorder),
+            DeclareLaunchArgument=Recorder, OpaqueFunction=Recorder,
+            SetEnvironmentVariable=SetEnvironmentVariable),
         'launch.conditions': types.SimpleNamespace(IfCondition=Recorder),
         'launch.substitutions': types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration),
         'launch_ros.actions': types.SimpleNamespace(Node=Recorder),
     }
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
+    for variable in ('RMW_IMPLEMENTATION', 'FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE'):
+        monkeypatch.delenv(variable, raising=False)
     namespace = {'__name__': 'inspect_launch'}
     exec(compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), 'exec'), namespace)
 
@@ -187,6 +193,11 @@ def test_launch_file_builds_nodes_from_graph(monkeypatch, graph, tmp_path):
     declared = [action.args[0] for action in actions if action.args and action.kwargs.get(
         'default_value') is not None]
     assert declared == [*GRAPH_ARGUMENTS, 'rviz']
+    environment = {action.args[0]: action.args[1] for action in actions
+                   if isinstance(action, SetEnvironmentVariable)}
+    profile = pathlib.Path(environment['FASTRTPS_DEFAULT_PROFILES_FILE'])
+    assert profile.name == bringup.DDS_PROFILE
+    assert profile.is_file(), f'DDS profile {profile} is missing'
 
     context = {'checkpoint': str(tmp_path / 'model.pt'), 'images': str(tmp_path / 'images'),
                'records': str(tmp_path / 'records')}
@@ -207,7 +218,8 @@ def test_rviz_config_shows_graph_topics():
     assert ('rviz_default_plugins/Image', '/' + GRAPH_NAMES['image']) in displays
     assert ('rviz_default_plugins/Image', '/' + GRAPH_NAMES['heatmap']) in displays
     assert ('rviz_default_plugins/Pose', '/tool_pose') in displays
-    assert bringup.package_rviz_path() == RVIZ_FILE
+    # Installed packages resolve to the share folder, source checkouts to the file itself.
+    assert bringup.package_rviz_path().read_text() == RVIZ_FILE.read_text()
 
 
 def test_launcher_options_follow_graph_arguments():
@@ -299,3 +311,19 @@ def _process_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != 'Z'
+
+
+def test_dds_profile_set_by_default():
+    environment = bringup.dds_environment({})
+    profile = pathlib.Path(environment['FASTRTPS_DEFAULT_PROFILES_FILE'])
+    assert profile.name == bringup.DDS_PROFILE
+    assert profile.is_file(), f'DDS profile {profile} is missing'
+
+
+@pytest.mark.parametrize('environ', [
+    {'FASTRTPS_DEFAULT_PROFILES_FILE': '/etc/cell/fastdds.xml'},
+    {'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/cell/fastdds.xml'},
+    {'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp'},
+])
+def test_dds_profile_keeps_user_choice(environ):
+    assert bringup.dds_environment(environ) == {}
