@@ -85,3 +85,40 @@ test: env
 
 clean:
 	rm -rf build $(VENV) records models
+
+# Flexiv Rizon check: flexivrdk 1.9 has wheels for Python 3.10 and 3.12 only, so
+# the Flexiv back-end is checked in a venv of its own with what the inspection
+# node imports (no PyTorch) and its own build of hetnet_ros_msgs. No robot is
+# needed: scripts/flexiv_check.py gives the SDK only the loopback interface.
+PYTHON312 ?= $(or $(wildcard /root/.pyenv/versions/3.12.1/bin/python3.12),python3.12)
+FLEXIV_VENV := $(CURDIR)/.venv-flexiv
+FLEXIV_BIN := $(FLEXIV_VENV)/bin
+FLEXIV_ENV := AMENT_PREFIX_PATH=$(FLEXIV_VENV) LD_LIBRARY_PATH=$(FLEXIV_VENV)/lib
+# Lines of requirements.txt that the inspection node needs, with their version pins.
+FLEXIV_REQUIREMENT_LINES := '^(ros-jazzy-|catkin-pkg|numpy|opencv-python-headless|PyYAML)'
+
+.PHONY: flexiv-check
+
+flexiv-check: $(FLEXIV_VENV)/.hetnet_ros_msgs
+	$(FLEXIV_ENV) PYTHONPATH=$(CURDIR)/hetnet_ros $(FLEXIV_BIN)/python scripts/flexiv_check.py
+
+$(FLEXIV_VENV)/.requirements: requirements.txt
+	@echo "==> Creating $(FLEXIV_VENV) with flexivrdk 1.9 and the ROS 2 Jazzy wheels"
+	test -x $(FLEXIV_BIN)/python || $(PYTHON312) -m venv $(FLEXIV_VENV)
+	$(FLEXIV_BIN)/pip install --quiet --upgrade pip
+	@# xargs passes the lines as arguments without shell globbing of 'ros-jazzy-rclpy[fastrtps]'.
+	grep -E $(FLEXIV_REQUIREMENT_LINES) requirements.txt \
+		| xargs $(FLEXIV_BIN)/pip install --quiet flexivrdk==1.9.4.1
+	touch $@
+
+$(FLEXIV_VENV)/.hetnet_ros_msgs: $(FLEXIV_VENV)/.requirements $(MSG_SOURCES) | build
+	@echo "==> Building hetnet_ros_msgs with cmake into $(FLEXIV_VENV)"
+	$(FLEXIV_ENV) cmake -S hetnet_ros_msgs -B build/hetnet_ros_msgs_flexiv -DCMAKE_BUILD_TYPE=Release \
+		-DCMAKE_PREFIX_PATH=$(FLEXIV_VENV) -DCMAKE_INSTALL_PREFIX=$(FLEXIV_VENV) \
+		-DPython3_EXECUTABLE=$(FLEXIV_BIN)/python -DBUILD_TESTING=OFF \
+		> build/cmake-flexiv-configure.log 2>&1 || (cat build/cmake-flexiv-configure.log; exit 1)
+	$(FLEXIV_ENV) cmake --build build/hetnet_ros_msgs_flexiv -j 2 > build/cmake-flexiv-build.log 2>&1 \
+		|| (tail -50 build/cmake-flexiv-build.log; exit 1)
+	$(FLEXIV_ENV) cmake --install build/hetnet_ros_msgs_flexiv > build/cmake-flexiv-install.log 2>&1 \
+		|| (cat build/cmake-flexiv-install.log; exit 1)
+	touch $@

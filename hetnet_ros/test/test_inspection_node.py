@@ -148,7 +148,8 @@ class Harness:
         self.records = tmp_path / 'records'
         overrides = {
             'poses_file': str(poses_file), 'records_dir': str(self.records),
-            'max_linear_vel_m_s': 0.5, 'settle_time_s': 0.3, 'sim_speed_factor': 4.0,
+            'max_linear_vel_m_s': 0.5, 'linear_vel_limit_m_s': 1.0, 'max_linear_acc_m_s2': 1.0,
+            'settle_time_s': 0.3, 'sim_speed_factor': 4.0,
             'verdict_timeout_s': 5.0, 'match_timeout_s': 2.0,
         }
         if rate_hz == 0:

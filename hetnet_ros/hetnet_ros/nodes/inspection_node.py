@@ -7,12 +7,24 @@ first `verdict` whose header stamp is later than the settle time, so that no
 image taken while the arm still moved is judged. Each view is recorded as soon as it
 is judged. At the end the node returns and publishes an InspectionReport.
 
+Motion safety: before the first move of a goal, every pose of the goal is
+checked against the workspace box (workspace_min_xyz_m, workspace_max_xyz_m),
+and the move speed against linear_vel_limit_m_s and linear_acc_limit_m_s2. A
+goal that fails is aborted without any motion, naming the pose. When a move
+fails (fault, emergency stop, unreachable pose, timeout, lost connection) the
+arm is stopped, the goal is aborted with the reason, and motion stays blocked.
+Every later goal is aborted until the fault is cleared through the
+`clear_fault` service. Nothing clears a fault automatically. Canceling a goal
+stops the arm without blocking later goals.
+
 Topics (relative names, remapped by the bringup):
     subscribes  verdict (hetnet_ros_msgs/DefectVerdict)
                 image, heatmap (sensor_msgs/Image rgb8; only when recording)
     publishes   tool_pose (geometry_msgs/PoseStamped, in base_frame)
                 inspection_report (hetnet_ros_msgs/InspectionReport, latched)
+                /diagnostics (diagnostic_msgs/DiagnosticArray), once per second
     action      inspect_part (hetnet_ros_msgs/InspectPart)
+    service     clear_fault (std_srvs/Trigger): clear a robot fault and unblock motion
     client      capture (std_srvs/Trigger; only when capture_service is set)
 
 The node is a lifecycle node. With `autostart` (the default) it configures
@@ -20,6 +32,7 @@ and activates itself at start-up, because `ros2 lifecycle` is not available
 everywhere it runs.
 """
 
+import dataclasses
 import itertools
 import math
 import sys
@@ -31,6 +44,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Pose as PoseMsg
 from geometry_msgs.msg import PoseStamped
 from hetnet_ros_msgs.action import InspectPart
@@ -41,6 +55,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import get_logger
+from rclpy.parameter import Parameter
 from rclpy.qos import (
     DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
 from sensor_msgs.msg import Image
@@ -48,15 +63,20 @@ from std_srvs.srv import Trigger
 
 from hetnet_ros import imaging
 from hetnet_ros.bringup import INSPECT_ACTION, package_config_path
-from hetnet_ros.nodes.common import start_lifecycle_node
+from hetnet_ros.nodes.common import diagnostic_array, start_lifecycle_node
 from hetnet_ros.poses import InspectionPose, PoseFileError, UnknownPoseError, load_poses, select_poses
 from hetnet_ros.records import RecordError, RecordStore, Region, ViewVerdict
-from hetnet_ros.robots import BACKENDS, Pose, RobotArm, RobotError, RobotFaultError, create_arm
+from hetnet_ros.robots import (
+    BACKENDS, SIM_FAULTS, InvalidPoseError, InvalidSpeedError, MotionLimits, Pose, RobotArm,
+    RobotError, RobotFaultError, SimulatedArm, create_arm)
+from hetnet_ros.robots.guard import MotionGuard, check_targets
 
 T = TypeVar('T')
 
 # Maximum time between two checks for a cancel request or a shutdown during a wait.
 WAIT_SLICE_S = 0.05
+# Maximum time for a cancel callback, which stops the arm, to return.
+CANCEL_ACCEPT_TIMEOUT_S = 10.0
 # Messages kept per topic to match verdicts, images and heatmaps by stamp. Few
 # images are kept because they are large. That is enough because the detector
 # judges only the newest frame, so its verdicts trail the camera by about one frame.
@@ -68,15 +88,31 @@ STAGE_SETTLING = 'settling'
 STAGE_CAPTURING = 'capturing'
 STAGE_RECORDED = 'recorded'
 
+DIAGNOSTICS_PERIOD_S = 1.0
+
 # name: (default, description). Units are in the names and the descriptions.
 PARAMETERS = {
     'robot_backend': ('sim', f'robot back-end, one of: {", ".join(BACKENDS)}'),
     'poses_file': ('', 'YAML file of inspection poses; empty uses config/poses.yaml of the package'),
-    'max_linear_vel_m_s': (0.1, 'TCP speed limit of every move (m/s)'),
+    'max_linear_vel_m_s': (0.1, 'TCP velocity of every move, sent as the velocity limit (m/s)'),
+    'max_linear_acc_m_s2': (0.5, 'TCP acceleration of every move, sent as the acceleration '
+                                 'limit (m/s^2)'),
+    'linear_vel_limit_m_s': (0.25, 'highest TCP velocity of the cell; moves asking for more are '
+                                   'rejected before any motion (m/s)'),
+    'linear_acc_limit_m_s2': (1.0, 'highest TCP acceleration of the cell; moves asking for more '
+                                   'are rejected before any motion (m/s^2)'),
+    'workspace_min_xyz_m': ([0.20, -0.40, 0.10],
+                            'lower corner [x, y, z] of the box, in base_frame, that every target '
+                            'position must lie in (m)'),
+    'workspace_max_xyz_m': ([0.80, 0.40, 0.70],
+                            'upper corner [x, y, z] of the box, in base_frame, that every target '
+                            'position must lie in (m)'),
     'move_timeout_s': (30.0, 'maximum wall time of one move (s)'),
     'settle_time_s': (0.5, 'time the arm must stay still after a move before a frame counts (s)'),
     'settle_timeout_s': (5.0, 'maximum wall time to wait for the arm to settle after a move (s)'),
-    'connect_timeout_s': (10.0, 'maximum time to connect to the arm at configure (s)'),
+    'connect_timeout_s': (10.0, 'maximum time to connect to and enable the arm at configure (s)'),
+    'clear_fault_timeout_s': (30.0, 'maximum time for the clear_fault service to reset and '
+                                    'enable the arm (s)'),
     'verdict_timeout_s': (10.0, 'maximum wall time to wait for a verdict after settling (s)'),
     'match_timeout_s': (1.0,
                         'maximum wall time to wait for the image and heatmap of a verdict (s)'),
@@ -89,13 +125,24 @@ PARAMETERS = {
     'base_frame': ('base_link', 'frame of tool_pose and of the report poses'),
     'tool_pose_rate_hz': (10.0, 'publishing rate of tool_pose (Hz)'),
     'sim_speed_factor': (1.0, "simulated seconds per wall second of the 'sim' back-end"),
+    'sim_fault': ('none', "fault the 'sim' back-end injects in every goal, one of: "
+                          f'{", ".join(SIM_FAULTS)}'),
+    'sim_fault_at_pose': (0, 'index, within a goal, of the pose whose move gets sim_fault'),
+    'flexiv_serial_number': ('', "serial number of the Flexiv robot, e.g. 'Rizon4s-123456' "
+                                 "(robot_backend 'flexiv')"),
+    'flexiv_network_interfaces': (Parameter.Type.STRING_ARRAY,
+                                  "IPv4 addresses of this computer's interfaces on the robot "
+                                  "network, e.g. ['192.168.2.100'] (robot_backend 'flexiv'; no "
+                                  'default, so that the RDK never searches every interface)'),
     'autostart': (True, 'configure and activate at start-up without a lifecycle manager'),
 }
 
 _POSITIVE_PARAMETERS = (
-    'max_linear_vel_m_s', 'move_timeout_s', 'settle_timeout_s', 'connect_timeout_s',
+    'max_linear_vel_m_s', 'max_linear_acc_m_s2', 'linear_vel_limit_m_s', 'linear_acc_limit_m_s2',
+    'move_timeout_s', 'settle_timeout_s', 'connect_timeout_s', 'clear_fault_timeout_s',
     'verdict_timeout_s', 'match_timeout_s', 'capture_timeout_s', 'capture_retry_s',
     'tool_pose_rate_hz', 'sim_speed_factor')
+_WORKSPACE_PARAMETERS = ('workspace_min_xyz_m', 'workspace_max_xyz_m')
 
 
 class InspectionError(RuntimeError):
@@ -104,6 +151,29 @@ class InspectionError(RuntimeError):
 
 class _GoalCanceled(Exception):
     pass
+
+
+@dataclass
+class InspectionStats:
+    """Counters of the inspection node since start, reported on /diagnostics."""
+
+    goals_accepted: int = 0
+    goals_rejected: int = 0
+    goals_succeeded: int = 0
+    goals_aborted: int = 0
+    goals_canceled: int = 0
+    views_recorded: int = 0
+    motion_faults: int = 0
+    faults_cleared: int = 0
+    tool_poses_published: int = 0
+    last_error: str = ''
+
+
+def _is_xyz(value) -> bool:
+    """True for 3 finite numbers; a list here, an array.array from a remote parameter set."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, '__len__') or len(value) != 3:
+        return False
+    return all(isinstance(number, (int, float)) and math.isfinite(number) for number in value)
 
 
 def stamp_to_ns(stamp: TimeMsg) -> int:
@@ -217,8 +287,21 @@ class InspectionNode(LifecycleNode):
 
         self._goal_lock = threading.Lock()
         self._goal_running = False
+        self._cancel_requested = threading.Event()
+        self._clearing_fault = False
         self._active = False
         self._shutting_down = False
+        # Blocks motion after a failed move until clear_fault succeeds; it is kept
+        # across cleanup and configure, because only clear_fault may unblock it.
+        self._guard = MotionGuard(
+            clear_hint=f'call the {self.resolve_service_name("clear_fault")} service')
+        self._lifecycle_state = 'unconfigured'
+
+        self.stats = InspectionStats()
+        self._stats_lock = threading.Lock()
+        self._aborted_at_last_diagnostics = 0
+        self._tool_poses_at_last_diagnostics = 0
+        self._last_diagnostics_time = time.monotonic()
 
         # Action callbacks must run while a goal executes (cancel requests), and the
         # subscriptions must deliver verdicts while the goal waits for them.
@@ -228,9 +311,14 @@ class InspectionNode(LifecycleNode):
         self._entities: list = []
         self._action_server: Optional[ActionServer] = None
         self._capture_client = None
+        self._clear_fault_service = None
         self._tool_pose_pub = None
         self._report_pub = None
         self._tool_pose_timer = None
+
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diagnostics_timer = self.create_timer(
+            DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, callback_group=self._timer_group)
 
     # Lifecycle transitions.
 
@@ -251,6 +339,7 @@ class InspectionNode(LifecycleNode):
             f'configured: {len(self._poses)} poses ({", ".join(p.name for p in self._poses)}), '
             f'robot backend {self.get_parameter("robot_backend").value!r}, records '
             f'{self._store.root if self._store else "disabled"}')
+        self._lifecycle_state = 'inactive'
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -258,14 +347,15 @@ class InspectionNode(LifecycleNode):
         self._tool_pose_timer = self.create_timer(
             1.0 / rate_hz, self._publish_tool_pose, callback_group=self._timer_group)
         self._active = True
+        self._lifecycle_state = 'active'
         result = super().on_activate(state)
         self.get_logger().info('active: accepting inspect_part goals')
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
-        if self._arm is not None:
-            self._arm.stop()
+        self._lifecycle_state = 'inactive'
+        self._stop_arm()
         if self._tool_pose_timer is not None:
             self.destroy_timer(self._tool_pose_timer)
             self._tool_pose_timer = None
@@ -274,18 +364,19 @@ class InspectionNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
+        self._lifecycle_state = 'unconfigured'
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release()
+        self._lifecycle_state = 'finalized'
         return super().on_shutdown(state)
 
     def stop_goals(self) -> None:
         """Stop the arm and make a running goal abort at its next check."""
         self._shutting_down = True
         self._active = False
-        if self._arm is not None:
-            self._arm.stop()
+        self._stop_arm()
 
     def release(self) -> None:
         """Abort any running goal, stop the arm and release it; safe to call twice."""
@@ -298,15 +389,17 @@ class InspectionNode(LifecycleNode):
             package_config_path('poses.yaml'))
         self._poses = load_poses(poses_file)
 
+        limits = self._motion_limits()
+        self._warn_poses_outside(limits)
         if self._given_arm is not None:
             self._arm = self._given_arm
+            self._arm.set_limits(limits)
         else:
-            backend = self.get_parameter('robot_backend').value
-            options = {'settle_time_s': self._float('settle_time_s')}
-            if backend == 'sim':
-                options['speed_factor'] = self._float('sim_speed_factor')
-            self._arm = create_arm(backend, **options)
+            self._arm = create_arm(**self._arm_options(limits))
         self._arm.connect(self._float('connect_timeout_s'))
+        if self._arm.has_fault:
+            self._block_motion(f'the robot arm reports a fault after connecting: '
+                               f'{self._arm.fault_reason}')
 
         records_dir = self.get_parameter('records_dir').value
         if records_dir:
@@ -314,6 +407,42 @@ class InspectionNode(LifecycleNode):
 
         self._create_interfaces(record_images=bool(records_dir))
 
+    def _arm_options(self, limits: MotionLimits) -> dict:
+        """Return the create_arm() arguments of the configured back-end."""
+        backend = self.get_parameter('robot_backend').value
+        options = {'backend': backend, 'settle_time_s': self._float('settle_time_s'),
+                   'limits': limits}
+        if backend == 'sim':
+            options['speed_factor'] = self._float('sim_speed_factor')
+        elif backend == 'flexiv':
+            options['serial_number'] = self.get_parameter('flexiv_serial_number').value
+            interfaces = self.get_parameter_or('flexiv_network_interfaces', None).value
+            if interfaces is None:
+                raise ValueError(
+                    'flexiv_network_interfaces is not set: give the IPv4 address of the '
+                    "interface of this computer on the robot network, e.g. ['192.168.2.100']")
+            options['network_interfaces'] = list(interfaces)
+            options['default_linear_acc_m_s2'] = self._float('max_linear_acc_m_s2')
+        if backend != 'sim' and self.get_parameter('sim_fault').value != 'none':
+            self.get_logger().warning(
+                f'sim_fault is ignored by robot backend {backend!r}')
+        return options
+
+    def _motion_limits(self) -> MotionLimits:
+        """Build the workspace box and caps from the parameters; ValueError names a bad value."""
+        return MotionLimits(
+            workspace_min_xyz_m=tuple(self.get_parameter('workspace_min_xyz_m').value),
+            workspace_max_xyz_m=tuple(self.get_parameter('workspace_max_xyz_m').value),
+            linear_vel_limit_m_s=self._float('linear_vel_limit_m_s'),
+            linear_acc_limit_m_s2=self._float('linear_acc_limit_m_s2'))
+
+    def _warn_poses_outside(self, limits: MotionLimits) -> None:
+        # Goals that use such a pose are rejected; the other poses stay usable.
+        for pose in self._poses:
+            try:
+                limits.check_target(pose.pose, label=f'pose {pose.name!r}')
+            except InvalidPoseError as error:
+                self.get_logger().warning(f'{error}; goals that visit it will be rejected')
     def _create_interfaces(self, record_images: bool) -> None:
         latched = QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -332,6 +461,9 @@ class InspectionNode(LifecycleNode):
                 callback_group=self._topic_group))
             self._entities.append(self.create_subscription(
                 Image, 'heatmap', self._heatmaps.add, 2, callback_group=self._topic_group))
+
+        self._clear_fault_service = self.create_service(
+            Trigger, 'clear_fault', self._on_clear_fault, callback_group=self._action_group)
 
         capture_service = self.get_parameter('capture_service').value
         if capture_service:
@@ -356,6 +488,9 @@ class InspectionNode(LifecycleNode):
         if self._capture_client is not None:
             self.destroy_client(self._capture_client)
             self._capture_client = None
+        if self._clear_fault_service is not None:
+            self.destroy_service(self._clear_fault_service)
+            self._clear_fault_service = None
         for publisher in (self._tool_pose_pub, self._report_pub):
             if publisher is not None:
                 self.destroy_lifecycle_publisher(publisher)
@@ -387,29 +522,86 @@ class InspectionNode(LifecycleNode):
                 return SetParametersResult(
                     successful=False,
                     reason=f'unknown robot_backend {value!r}; available: {", ".join(BACKENDS)}')
+            if parameter.name == 'sim_fault' and value not in SIM_FAULTS:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f'unknown sim_fault {value!r}; available: {", ".join(SIM_FAULTS)}')
+            if parameter.name == 'sim_fault_at_pose' and not (
+                    isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                return SetParametersResult(
+                    successful=False,
+                    reason=f'sim_fault_at_pose must be an integer >= 0, got {value!r}')
+            if parameter.name in _WORKSPACE_PARAMETERS and not _is_xyz(value):
+                return SetParametersResult(
+                    successful=False,
+                    reason=f'{parameter.name} must be 3 finite numbers [x, y, z] in metres, '
+                           f'got {value!r}')
         return SetParametersResult(successful=True)
 
     # Action server callbacks.
 
     def _on_goal(self, goal_request) -> GoalResponse:
         if not self._active:
-            self.get_logger().error(
-                f'rejected goal for part {goal_request.part_id!r}: node is not active')
-            return GoalResponse.REJECT
+            return self._reject_goal(goal_request, 'node is not active')
         with self._goal_lock:
             if self._goal_running:
-                self.get_logger().error(
-                    f'rejected goal for part {goal_request.part_id!r}: '
-                    'another inspection is running')
-                return GoalResponse.REJECT
+                return self._reject_goal(goal_request, 'another inspection is running')
+            if self._clearing_fault:
+                return self._reject_goal(goal_request, 'a robot fault is being cleared')
             self._goal_running = True
+            self._cancel_requested.clear()
+        with self._stats_lock:
+            self.stats.goals_accepted += 1
         return GoalResponse.ACCEPT
+
+    def _reject_goal(self, goal_request, reason: str) -> GoalResponse:
+        self.get_logger().error(f'rejected goal for part {goal_request.part_id!r}: {reason}')
+        with self._stats_lock:
+            self.stats.goals_rejected += 1
+        return GoalResponse.REJECT
 
     def _on_cancel(self, goal_handle) -> CancelResponse:
         self.get_logger().info('cancel requested: stopping the arm')
-        if self._arm is not None:
-            self._arm.stop()
+        self._cancel_requested.set()
+        self._stop_arm()
         return CancelResponse.ACCEPT
+
+    def _on_clear_fault(self, request, response):
+        """Clear the arm's fault on request and unblock motion; never moves the arm."""
+        with self._goal_lock:
+            if self._goal_running:
+                response.success = False
+                response.message = 'an inspection is running; cancel it before clearing a fault'
+                return response
+            self._clearing_fault = True
+        try:
+            response.success, response.message = self._clear_fault()
+        finally:
+            with self._goal_lock:
+                self._clearing_fault = False
+        # rclpy rejects one logging call site used with two severities, hence two calls.
+        if response.success:
+            self.get_logger().info(f'clear_fault: {response.message}')
+        else:
+            self.get_logger().error(f'clear_fault: {response.message}')
+        return response
+
+    def _clear_fault(self) -> tuple[bool, str]:
+        arm = self._arm
+        if arm is None:
+            return False, 'the node is not configured, so there is no arm to clear'
+        try:
+            message = self._guard.clear(arm, self._float('connect_timeout_s'),
+                                        self._float('clear_fault_timeout_s'))
+        except RobotError as error:
+            self._record_error(str(error))
+            return False, f'the fault was not cleared, motion stays blocked: {error}'
+
+        if message.startswith('fault cleared'):
+            with self._stats_lock:
+                self.stats.faults_cleared += 1
+            message += '; the arm moves at the next inspect_part goal'
+        return True, message
 
     def _execute(self, goal_handle) -> InspectPart.Result:
         try:
@@ -429,7 +621,9 @@ class InspectionNode(LifecycleNode):
         try:
             if not goal.part_id:
                 raise InspectionError('part_id is empty; give the identifier of the part')
+            self._raise_if_motion_blocked()
             plan = select_poses(self._poses, goal.pose_names)
+            self._check_plan(plan)
             self.get_logger().info(
                 f'inspecting part {goal.part_id!r} over {len(plan)} poses')
             if self._store is not None:
@@ -451,21 +645,49 @@ class InspectionNode(LifecycleNode):
                                   f'internal error: {type(error).__name__}: {error}')
         return self._end_goal(goal_handle, report, inspection_id, 'succeeded', '')
 
+    def _raise_if_motion_blocked(self) -> None:
+        if self._guard.reason is None and self._arm.has_fault:
+            self._block_motion(f'the robot arm reports a fault: {self._arm.fault_reason}')
+        self._guard.raise_if_blocked(self._arm)
+
+    def _check_plan(self, plan: Sequence[InspectionPose]) -> None:
+        """Reject the goal before any motion when a pose or the move speed is out of limits."""
+        limits = self._motion_limits()
+        self._arm.set_limits(limits)
+        try:
+            check_targets(limits, [(pose.name, pose.pose) for pose in plan],
+                          self._float('max_linear_vel_m_s'), self._float('max_linear_acc_m_s2'))
+        except (InvalidPoseError, InvalidSpeedError) as error:
+            raise InspectionError(f'goal rejected before any motion: {error}') from None
+
     def _inspect_view(self, goal_handle, report, inspection_id, index, count, pose) -> None:
         # Move; a cancel request stops the arm, which ends move_to early.
         self._send_feedback(goal_handle, index, count, pose.name, STAGE_MOVING)
+        self._schedule_sim_fault(index)
         try:
             self._arm.move_to(
-                pose.pose, self._float('max_linear_vel_m_s'), self._float('move_timeout_s'))
+                pose.pose, self._float('max_linear_vel_m_s'), self._float('move_timeout_s'),
+                max_linear_acc_m_s2=self._float('max_linear_acc_m_s2'))
+        except (InvalidPoseError, InvalidSpeedError) as error:
+            # Rejected by the arm's own checks before it moved.
+            raise InspectionError(f'move to pose {pose.name!r} rejected: {error}') from error
         except RobotError as error:
             self._check_interrupted(goal_handle)
-            raise RobotError(f'move to pose {pose.name!r} failed: {error}') from error
+            self._stop_arm()
+            message = f'move to pose {pose.name!r} failed: {error}'
+            self._block_motion(message)
+            raise RobotError(message) from error
         self._publish_tool_pose()
 
         self._send_feedback(goal_handle, index, count, pose.name, STAGE_SETTLING)
-        self._wait(goal_handle, self._poll_settled,
-                   self._float('settle_timeout_s'),
-                   f'the arm to settle at pose {pose.name!r}')
+        try:
+            self._wait(goal_handle, self._poll_settled,
+                       self._float('settle_timeout_s'),
+                       f'the arm to settle at pose {pose.name!r}')
+        except RobotError as error:
+            self._stop_arm()
+            self._block_motion(str(error))
+            raise
         settled_ns = self.get_clock().now().nanoseconds
         reached = self._arm.current_pose()
         self.get_logger().info(f'pose {pose.name!r} reached and settled')
@@ -479,6 +701,8 @@ class InspectionNode(LifecycleNode):
         report.view_poses.append(pose_to_msg(reached))
         if inspection_id is not None:
             self._record_view(inspection_id, index, pose.name, reached, judgement)
+        with self._stats_lock:
+            self.stats.views_recorded += 1
 
         self.get_logger().info(
             f'view {index} ({pose.name}): pred_score {verdict.pred_score:.3f}, '
@@ -510,6 +734,14 @@ class InspectionNode(LifecycleNode):
                     status, message = 'failed', str(error)
 
         result = InspectPart.Result(success=status == 'succeeded', message=message, report=report)
+        with self._stats_lock:
+            if status == 'succeeded':
+                self.stats.goals_succeeded += 1
+            elif status == 'canceled':
+                self.stats.goals_canceled += 1
+            else:
+                self.stats.goals_aborted += 1
+                self.stats.last_error = message
         if status == 'succeeded':
             if self._report_pub is not None:
                 self._report_pub.publish(report)
@@ -518,16 +750,57 @@ class InspectionNode(LifecycleNode):
                 f'part {report.part_id!r}: {"ANOMALOUS" if is_anomalous else "normal"} '
                 f'(worst view {worst_index}, pred_score {worst_score:.3f})')
         elif status == 'canceled':
-            goal_handle.canceled()
-            self.get_logger().info(f'inspection of part {report.part_id!r} canceled')
+            # The goal can end as canceled only once the cancel callback has returned.
+            deadline = time.monotonic() + CANCEL_ACCEPT_TIMEOUT_S
+            while not goal_handle.is_cancel_requested and time.monotonic() < deadline:
+                time.sleep(WAIT_SLICE_S / 5)
+            if goal_handle.is_cancel_requested:
+                goal_handle.canceled()
+                self.get_logger().info(f'inspection of part {report.part_id!r} canceled')
+            else:
+                goal_handle.abort()
+                self.get_logger().error(
+                    f'inspection of part {report.part_id!r} aborted: the cancel request was '
+                    f'not accepted within {CANCEL_ACCEPT_TIMEOUT_S:.0f} s')
         else:
-            if self._arm is not None:
-                self._arm.stop()
+            self._stop_arm()
             goal_handle.abort()
             self.get_logger().error(f'inspection of part {report.part_id!r} aborted: {message}')
         return result
 
     # Steps of one view.
+
+    def _schedule_sim_fault(self, index: int) -> None:
+        fault = self.get_parameter('sim_fault').value
+        if (fault == 'none' or not isinstance(self._arm, SimulatedArm)
+                or index != self.get_parameter('sim_fault_at_pose').value):
+            return
+        self.get_logger().warning(f'injecting simulated fault {fault!r} into the move to pose '
+                                  f'index {index}')
+        self._arm.schedule_fault(fault)
+
+    def _block_motion(self, reason: str) -> None:
+        """Block every later goal until clear_fault; the first reason is kept."""
+        if self._guard.block(reason):
+            with self._stats_lock:
+                self.stats.motion_faults += 1
+            self.get_logger().error(
+                f'motion blocked: {reason}; call {self.resolve_service_name("clear_fault")} '
+                'after checking the cell')
+        self._record_error(reason)
+
+    def _record_error(self, message: str) -> None:
+        with self._stats_lock:
+            self.stats.last_error = message
+
+    def _stop_arm(self) -> None:
+        arm = self._arm
+        if arm is None:
+            return
+        try:
+            arm.stop()
+        except RobotError as error:
+            self.get_logger().error(f'failed to stop the robot arm: {error}')
 
     def _poll_settled(self, slice_s: float) -> bool:
         if self._arm.has_fault:
@@ -681,7 +954,9 @@ class InspectionNode(LifecycleNode):
                 raise InspectionError(f'timed out after {timeout_s:.1f} s waiting for {awaited}')
 
     def _check_interrupted(self, goal_handle) -> None:
-        if goal_handle.is_cancel_requested:
+        # The cancel callback sets the flag before it stops the arm, so before rclpy
+        # marks the goal as canceling. That lets a requested stop count as a cancel.
+        if goal_handle.is_cancel_requested or self._cancel_requested.is_set():
             raise _GoalCanceled()
         if self._shutting_down or not self._active:
             raise InspectionError('the inspection node was deactivated or is shutting down')
@@ -708,6 +983,52 @@ class InspectionNode(LifecycleNode):
         msg.header.frame_id = self.get_parameter('base_frame').value
         msg.pose = pose_to_msg(pose)
         publisher.publish(msg)
+        with self._stats_lock:
+            self.stats.tool_poses_published += 1
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        period_s = max(1e-3, now - self._last_diagnostics_time)
+        self._last_diagnostics_time = now
+        with self._stats_lock:
+            stats = dataclasses.replace(self.stats)
+        new_aborts = stats.goals_aborted - self._aborted_at_last_diagnostics
+        self._aborted_at_last_diagnostics = stats.goals_aborted
+        tool_pose_rate_hz = (stats.tool_poses_published
+                             - self._tool_poses_at_last_diagnostics) / period_s
+        self._tool_poses_at_last_diagnostics = stats.tool_poses_published
+
+        arm = self._arm
+        connected = arm is not None and arm.is_connected
+        blocked_by = self._guard.reason
+        if blocked_by is not None:
+            level = DiagnosticStatus.ERROR
+            message = f'motion blocked until clear_fault: {blocked_by}'
+        elif arm is not None and not connected:
+            level, message = DiagnosticStatus.ERROR, 'robot arm not connected'
+        elif arm is not None and arm.has_fault:
+            level, message = DiagnosticStatus.ERROR, f'robot arm fault: {arm.fault_reason}'
+        elif new_aborts:
+            level = DiagnosticStatus.WARN
+            message = f'{new_aborts} goals aborted in the last period: {stats.last_error}'
+        else:
+            level, message = DiagnosticStatus.OK, self._lifecycle_state
+
+        values = dataclasses.asdict(stats)
+        values.update({
+            'state': self._lifecycle_state,
+            'robot_backend': self.get_parameter('robot_backend').value,
+            'arm_connected': connected,
+            'motion_blocked_by': blocked_by or '',
+            'goal_running': self._goal_running,
+            'tool_pose_rate_hz': f'{tool_pose_rate_hz:.2f}',
+        })
+        hardware_id = self.get_parameter('robot_backend').value
+        if hardware_id == 'flexiv':
+            hardware_id = self.get_parameter('flexiv_serial_number').value
+        self._diagnostics_publisher.publish(diagnostic_array(
+            self.get_clock().now().to_msg(), f'{self.get_fully_qualified_name()}: inspection',
+            hardware_id, level, message, values))
 
     def _wait_for_goal_end(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -10,7 +10,10 @@ import abc
 import math
 import threading
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from hetnet_ros.robots.limits import MotionLimits
 
 # Largest accepted deviation of a quaternion's norm from 1. A back-end
 # normalises accepted quaternions exactly before use.
@@ -34,7 +37,7 @@ class InvalidPoseError(RobotError, ValueError):
 
 
 class InvalidSpeedError(RobotError, ValueError):
-    """A velocity limit is not a finite number greater than zero."""
+    """A velocity or acceleration is not a finite number greater than zero."""
 
 
 class MotionTimeoutError(RobotError, TimeoutError):
@@ -47,6 +50,14 @@ class MotionStoppedError(RobotError):
 
 class RobotFaultError(RobotError):
     """The arm is in a fault state and does not accept motion commands."""
+
+
+class EmergencyStopError(RobotFaultError):
+    """The emergency stop is pressed, or was pressed and the fault is not cleared yet."""
+
+
+class UnreachablePoseError(RobotFaultError):
+    """The controller rejected a target it cannot reach and went into a fault."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,19 @@ def validate_speed(max_linear_vel_m_s: float) -> float:
     return speed
 
 
+def validate_acceleration(max_linear_acc_m_s2: float) -> float:
+    """Return the acceleration limit as a float, raising `InvalidSpeedError` unless it is > 0."""
+    try:
+        acceleration = float(max_linear_acc_m_s2)
+    except (TypeError, ValueError):
+        raise InvalidSpeedError(
+            f'max_linear_acc_m_s2 must be a number, got {max_linear_acc_m_s2!r}') from None
+    if not math.isfinite(acceleration) or acceleration <= 0.0:
+        raise InvalidSpeedError(
+            f'max_linear_acc_m_s2 must be a finite number greater than 0, got {acceleration}')
+    return acceleration
+
+
 def validate_timeout(timeout_s: float, name: str = 'timeout_s') -> float:
     """Return a timeout as a float, raising ValueError unless it is finite and > 0."""
     timeout = float(timeout_s)
@@ -114,16 +138,37 @@ class RobotArm(abc.ABC):
     Implementations are thread-safe: `stop()` may be called from another
     thread while `move_to()` or a wait blocks. Fault state is kept here so
     every back-end reports it the same way. Once in a fault, the arm rejects
-    motion commands until `clear_fault()` succeeds.
+    motion commands until `clear_fault()` succeeds, and no back-end clears a
+    fault on its own.
+
+    Args:
+        limits: workspace box and velocity and acceleration caps that every
+            target is checked against before any motion; None allows the
+            widest values (no workspace box).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Optional['MotionLimits'] = None) -> None:
+        from hetnet_ros.robots.limits import MotionLimits
+
         self._fault_lock = threading.Lock()
         self._fault_reason: Optional[str] = None
+        self._limits = limits if limits is not None else MotionLimits()
+
+    @property
+    def limits(self) -> 'MotionLimits':
+        return self._limits
+
+    def set_limits(self, limits: 'MotionLimits') -> None:
+        """Replace the motion limits; the next `move_to()` is checked against them."""
+        self._limits = limits
 
     @abc.abstractmethod
     def connect(self, timeout_s: float) -> None:
-        """Connect to the arm and enable it; raises `RobotConnectionError` on failure."""
+        """Connect to the arm and enable it; raises `RobotConnectionError` on failure.
+
+        An arm that reports a fault or a pressed emergency stop still connects,
+        in the fault state, so that `clear_fault()` can be requested later.
+        """
 
     @abc.abstractmethod
     def disconnect(self) -> None:
@@ -132,7 +177,7 @@ class RobotArm(abc.ABC):
     @property
     @abc.abstractmethod
     def is_connected(self) -> bool:
-        """True between a successful `connect()` and `disconnect()`."""
+        """True between a successful `connect()` and `disconnect()` or a lost connection."""
 
     @abc.abstractmethod
     def move_to(
@@ -141,16 +186,21 @@ class RobotArm(abc.ABC):
         max_linear_vel_m_s: float,
         timeout_s: float,
         wait: bool = True,
+        max_linear_acc_m_s2: Optional[float] = None,
     ) -> None:
         """Move the TCP in a straight line to `pose`, at most at `max_linear_vel_m_s`.
 
         With `wait=True`, block until the target is reached (not yet settled);
         otherwise start the motion and return, and use `wait_for_motion()`.
+        `max_linear_acc_m_s2` None uses the back-end's default acceleration.
 
         Raises:
-            InvalidPoseError, InvalidSpeedError: on invalid arguments, before moving.
+            InvalidPoseError, InvalidSpeedError: on invalid arguments or ones
+                outside `limits` (`WorkspaceError`, `SpeedLimitError`), before moving.
             RobotNotConnectedError: when not connected.
-            RobotFaultError: when the arm is or goes into a fault.
+            RobotConnectionError: when the connection is lost during the motion.
+            RobotFaultError: when the arm is or goes into a fault
+                (`EmergencyStopError` for an emergency stop).
             MotionStoppedError: when `stop()` interrupts the motion.
             MotionTimeoutError: when the target is not reached within `timeout_s`;
                 the arm is stopped first.
@@ -174,7 +224,10 @@ class RobotArm(abc.ABC):
 
     @abc.abstractmethod
     def stop(self) -> None:
-        """Stop the current motion at once. Does nothing when the arm is still."""
+        """Stop the current motion and return once the arm is at rest.
+
+        Does nothing when the arm is still.
+        """
 
     @property
     def fault_reason(self) -> Optional[str]:
@@ -186,8 +239,16 @@ class RobotArm(abc.ABC):
     def has_fault(self) -> bool:
         return self.fault_reason is not None
 
-    def clear_fault(self) -> None:
-        """Clear the fault state. Back-ends that talk to hardware also reset the controller."""
+    def clear_fault(self, timeout_s: float = 30.0) -> None:
+        """Clear the fault state on explicit request.
+
+        Back-ends that talk to hardware also reset the controller and enable the
+        arm again, within `timeout_s`. Clearing never moves the arm.
+
+        Raises:
+            RobotFaultError: when the fault cannot be cleared (for example while
+                the emergency stop is still pressed).
+        """
         with self._fault_lock:
             self._fault_reason = None
 
@@ -202,6 +263,21 @@ class RobotArm(abc.ABC):
         if reason is not None:
             raise RobotFaultError(
                 f'robot arm is in a fault state: {reason}; clear the fault before moving')
+
+    def _check_move(
+            self,
+            pose: Pose,
+            max_linear_vel_m_s: float,
+            max_linear_acc_m_s2: float,
+    ) -> tuple[Pose, float, float]:
+        """Validate a move against the argument rules and `limits`; return the clean values."""
+        target = validate_pose(pose, label='target pose')
+        speed = validate_speed(max_linear_vel_m_s)
+        acceleration = validate_acceleration(max_linear_acc_m_s2)
+        label = f'target pose at {list(round(value, 4) for value in target.position)} m'
+        self._limits.check_target(target, label='target pose')
+        self._limits.check_speed(speed, acceleration, label=label)
+        return target, speed, acceleration
 
     def __enter__(self) -> 'RobotArm':
         return self
