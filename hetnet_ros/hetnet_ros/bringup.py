@@ -9,6 +9,13 @@ tuning of the cell (speeds, timeouts, settle time), and `GraphOptions`
 contains what changes from run to run (checkpoint, image source, records
 folder). Options that are left unset keep the value of the file.
 
+With the camera back-end 'realsense2_camera' the graph starts Intel's
+`realsense2_camera` driver (package realsense2_camera, a C++ node) in place of
+this package's camera node. The driver keeps its usual names (node
+/camera/camera, colour image /camera/camera/color/image_raw), and remappings
+put its colour image and camera info on the graph's topics. Only `ros2 launch`
+can start it.
+
 This module imports no rclpy, so the graph can be checked without ROS.
 """
 
@@ -44,6 +51,40 @@ NODE_NAMES_USED = {
     'inspection': ('verdict', 'image', 'heatmap', 'capture'),
 }
 
+# Camera back-ends: the first two run this package's camera node, the last one
+# starts the realsense2_camera driver instead.
+REALSENSE2_CAMERA = 'realsense2_camera'
+CAMERA_BACKENDS = ('replay', 'realsense', REALSENSE2_CAMERA)
+
+# The realsense2_camera driver publishes its topics under its node name
+# (~/color/image_raw), so with node 'camera' in namespace 'camera', as its own
+# rs_launch.py starts it, the colour image is /camera/camera/color/image_raw.
+REALSENSE2_CAMERA_NODE = 'camera'
+REALSENSE2_CAMERA_NAMESPACE = 'camera'
+REALSENSE2_CAMERA_TOPICS = {
+    'image': 'color/image_raw',
+    'camera_info': 'color/camera_info',
+}
+# QoS: the driver publishes images with its color_qos parameter, SYSTEM_DEFAULT
+# unless set (realsense-ros 4.x profile_manager.cpp), which Fast DDS makes
+# reliable and transient local. The sensor-data subscriptions of the detector
+# and inspection nodes (best effort, volatile) request less than that, so they
+# are compatible with it, as with a best-effort publisher.
+
+# Driver parameters used unless a 'realsense2_camera' section of the node
+# parameter file sets them: colour only, at the D415's 1280x720 at 30 fps
+# colour profile. The driver publishes colour as rgb8, which the detector reads.
+# NOTE: written against the realsense-ros 4.x sources and not run here (no driver
+# or camera). Older 4.x releases name the profile parameter rgb_camera.profile.
+REALSENSE2_CAMERA_PARAMETERS = {
+    'camera_name': 'camera',
+    'enable_color': True,
+    'enable_depth': False,
+    'enable_infra1': False,
+    'enable_infra2': False,
+    'rgb_camera.color_profile': '1280x720x30',
+}
+
 # Launch arguments shared by the launch file and the console launcher:
 # name -> description. Every default is '', meaning "keep config/inspect.yaml".
 GRAPH_ARGUMENTS = {
@@ -54,7 +95,9 @@ GRAPH_ARGUMENTS = {
     'records': 'folder for the records database and images (default: recording disabled)',
     'camera_rate_hz': 'camera publishing rate in Hz; 0 takes one frame per pose through the '
                       'capture service (default from the config file)',
-    'camera_backend': "camera back-end, 'replay' or 'realsense' (default from the config file)",
+    'camera_backend': "camera back-end: 'replay' or 'realsense' (this package's camera node), "
+                      "or 'realsense2_camera' (Intel's driver, ros2 launch only) (default from "
+                      'the config file)',
     'robot_backend': "robot back-end, 'sim' (default from the config file)",
     'sim_speed_factor': 'simulated seconds per wall second of the sim robot (default from the '
                         'config file)',
@@ -74,7 +117,11 @@ class GraphConfigError(ValueError):
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One node of the graph, in the terms of launch_ros.actions.Node."""
+    """One node of the graph, in the terms of launch_ros.actions.Node.
+
+    `module` is the Python module that runs the node (`python -m module`), or ''
+    for a node of another package, which only `ros2 launch` can start.
+    """
 
     package: str
     executable: str
@@ -228,6 +275,11 @@ def inspection_graph(options: GraphOptions) -> list[NodeSpec]:
     _set_if_given(camera, 'rate_hz', options.camera_rate_hz)
     if camera.get('rate_hz') is not None:
         camera['rate_hz'] = float(camera['rate_hz'])
+    camera_backend = camera.get('backend', 'replay')
+    if camera_backend not in CAMERA_BACKENDS:
+        raise GraphConfigError(
+            f'invalid camera back-end {camera_backend!r}; expected one of '
+            f'{", ".join(CAMERA_BACKENDS)}')
 
     detector = dict(config['detector'])
     detector['checkpoint'] = _absolute_path(options.checkpoint)
@@ -238,16 +290,45 @@ def inspection_graph(options: GraphOptions) -> list[NodeSpec]:
     _set_if_given(inspection, 'records_dir', _absolute_path(options.records))
     _set_if_given(inspection, 'robot_backend', options.robot_backend)
     _set_if_given(inspection, 'sim_speed_factor', options.sim_speed_factor)
-    # A camera without a rate publishes only on request, so the inspection node
-    # calls its capture service after settling at each pose.
-    inspection['capture_service'] = 'capture' if not camera.get('rate_hz') else ''
+    # A camera node without a rate publishes only on request, so the inspection
+    # node calls its capture service after settling at each pose. The driver
+    # always streams and has no capture service.
+    on_request = camera_backend != REALSENSE2_CAMERA and not camera.get('rate_hz')
+    inspection['capture_service'] = 'capture' if on_request else ''
 
     namespace = options.namespace.strip('/')
+    if camera_backend == REALSENSE2_CAMERA:
+        driver_parameters = {**REALSENSE2_CAMERA_PARAMETERS, **config.get(REALSENSE2_CAMERA, {})}
+        camera_spec = realsense2_camera_spec(driver_parameters, namespace)
+    else:
+        camera_spec = _node_spec('camera', 'camera_node', camera, namespace)
     return [
-        _node_spec('camera', 'camera_node', camera, namespace),
+        camera_spec,
         _node_spec('detector', 'detector_node', detector, namespace),
         _node_spec('inspection', 'inspection_node', inspection, namespace),
     ]
+
+
+def realsense2_camera_spec(parameters: dict, namespace: str = '') -> NodeSpec:
+    """Return the realsense2_camera driver node with its colour topics remapped onto the graph.
+
+    The rules match the driver's fully qualified topic names, for example
+    /camera/camera/color/image_raw -> /camera/image, because the driver runs in a
+    namespace of its own, where the graph's relative names would resolve elsewhere.
+    """
+    driver_namespace = '/'.join(part for part in (namespace, REALSENSE2_CAMERA_NAMESPACE) if part)
+    driver_prefix = f'{_absolute(driver_namespace)}/{REALSENSE2_CAMERA_NODE}'
+    remappings = tuple(
+        (f'{driver_prefix}/{driver_topic}', _graph_topic(namespace, GRAPH_NAMES[name]))
+        for name, driver_topic in REALSENSE2_CAMERA_TOPICS.items())
+    return NodeSpec(
+        package=REALSENSE2_CAMERA,
+        executable='realsense2_camera_node',
+        module='',
+        name=REALSENSE2_CAMERA_NODE,
+        namespace=driver_namespace,
+        parameters=dict(parameters),
+        remappings=remappings)
 
 
 def action_name(namespace: str = '') -> str:
@@ -279,6 +360,11 @@ def _absolute_path(path: str) -> str:
 
 def _absolute(namespace: str) -> str:
     return '/' + namespace.strip('/')
+
+
+def _graph_topic(namespace: str, name: str) -> str:
+    """Return the fully qualified name of a graph name in the graph's namespace."""
+    return _absolute('/'.join(part for part in (namespace.strip('/'), name) if part))
 
 
 def _parse_float(name: str, text: str) -> float:

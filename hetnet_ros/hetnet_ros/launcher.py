@@ -34,6 +34,7 @@ import yaml
 from hetnet_ros.bringup import (
     GRAPH_ARGUMENTS,
     GRAPH_NAMES,
+    REALSENSE2_CAMERA,
     GraphConfigError,
     GraphOptions,
     NodeSpec,
@@ -49,6 +50,9 @@ EXIT_USAGE = 2
 SIGINT_TIMEOUT_S = 10.0
 SIGTERM_TIMEOUT_S = 5.0
 SIGKILL_TIMEOUT_S = 2.0
+
+# Maximum wait for the response to a cancel request sent after a failed inspection.
+CANCEL_TIMEOUT_S = 5.0
 
 # Lines of each child's stderr kept to explain an early exit.
 STDERR_TAIL_LINES = 20
@@ -196,6 +200,7 @@ def main(argv=None) -> int:
         options = GraphOptions.from_strings(
             {name: getattr(args, name) for name in GRAPH_ARGUMENTS})
         graph = inspection_graph(options)
+        check_startable(graph)
         check_inputs(graph)
     except GraphConfigError as error:
         parser.error(str(error))
@@ -236,6 +241,23 @@ def main(argv=None) -> int:
         stop_children(children)
         for signal_number, handler in previous_handlers.items():
             signal.signal(signal_number, handler)
+
+
+def check_startable(graph: list[NodeSpec]) -> None:
+    """Reject nodes of other packages, which this launcher cannot start as Python modules."""
+    for spec in graph:
+        if spec.module:
+            continue
+        if spec.package == REALSENSE2_CAMERA:
+            raise GraphConfigError(
+                "camera back-end realsense2_camera starts Intel's realsense2_camera driver, "
+                'a C++ ROS 2 package that hetnet-inspect cannot start. Use ros2 launch '
+                'hetnet_ros inspect.launch.py camera_backend:=realsense2_camera on a ROS 2 '
+                'installation with the driver, or --camera-backend realsense for the camera '
+                "node of this package (pyrealsense2)")
+        raise GraphConfigError(
+            f'node {spec.name!r} runs {spec.package}/{spec.executable}, which hetnet-inspect '
+            'cannot start; use ros2 launch hetnet_ros inspect.launch.py')
 
 
 def check_inputs(graph: list[NodeSpec]) -> None:
@@ -357,9 +379,7 @@ class _Session:
         try:
             self._spin_until(result_future, deadline, f'the inspection of part {part_id!r}')
         except LaunchError:
-            cancel = goal_handle.cancel_goal_async()
-            self._spin_until(cancel, time.monotonic() + 5.0, 'the cancel response',
-                             check_children=False)
+            self._cancel_after_error(goal_handle)
             raise
         result = result_future.result().result
         report = result.report
@@ -379,6 +399,19 @@ class _Session:
         if report.records_path:
             print(f'records: {report.records_path}', flush=True)
         return 0
+
+    def _cancel_after_error(self, goal_handle) -> None:
+        """Cancel the goal unless its server died; a failed cancel must not hide the error."""
+        server = next((child for child in self._children if child.name == 'inspection'), None)
+        if server is not None and server.poll() is not None:
+            return
+        cancel = goal_handle.cancel_goal_async()
+        try:
+            self._spin_until(cancel, time.monotonic() + CANCEL_TIMEOUT_S, 'the cancel response',
+                             check_children=False)
+        except LaunchError as error:
+            print(f'warning: {error}; the inspection node may still run the goal',
+                  file=sys.stderr, flush=True)
 
     def _print_feedback(self, message) -> None:
         feedback = message.feedback

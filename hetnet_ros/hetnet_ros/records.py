@@ -12,11 +12,22 @@ transaction. A row therefore never points to a missing file, and every
 recorded view survives if the process dies afterwards. The database runs in
 WAL mode, so other processes can read it while an inspection is running.
 
+A running inspection is owned by the store that started it, which holds an
+exclusive `flock` on ``.running/<inspection_id>.lock`` until it finishes the
+inspection. The kernel releases that lock when the owning process dies, so a
+store opened later marks every 'running' inspection whose lock is free as
+'interrupted'. An inspection that a live process is still recording is left
+alone, whether that process is another node or the same one.
+
 NOTE: synchronous=NORMAL survives a crash of the process but may lose the
 last committed views on a power failure; the database stays consistent.
+NOTE: flock works between processes of one host. On a network file system the
+lock may not be seen by other hosts, so keep the records folder on a local disk.
 """
 
 import dataclasses
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -37,7 +48,12 @@ logger = logging.getLogger(__name__)
 
 DATABASE_NAME = 'records.db'
 SCHEMA_VERSION = 1
-STATUSES = ('running', 'succeeded', 'failed', 'canceled')
+LOCK_FOLDER = '.running'
+# 'interrupted' is set only when a store finds a running inspection whose process died.
+STATUSES = ('running', 'succeeded', 'failed', 'canceled', 'interrupted')
+FINAL_STATUSES = ('succeeded', 'failed', 'canceled')
+INTERRUPTED_MESSAGE = ('the process recording this inspection ended before the inspection '
+                       'finished; the views recorded until then are kept')
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inspections (
@@ -141,6 +157,15 @@ class ViewRow:
     recorded_at: float
 
 
+@dataclass(frozen=True)
+class PartSummary:
+    """A part with the number of its inspections and its newest inspection."""
+
+    part_id: str
+    inspection_count: int
+    last_inspection: InspectionRow
+
+
 def safe_path_component(name: str) -> str:
     """Turn a part id or pose name into a single file-name component."""
     component = re.sub(r'[^A-Za-z0-9._-]', '_', name)
@@ -154,6 +179,7 @@ class RecordStore:
 
     The methods may be called from several threads of one process; they are
     serialised by a lock. Other processes may open the same root to read.
+    Opening a store marks the inspections of dead processes as interrupted.
     """
 
     def __init__(self, root: Union[str, pathlib.Path]) -> None:
@@ -169,18 +195,25 @@ class RecordStore:
             with self._connection:
                 self._connection.executescript(_SCHEMA)
                 self._connection.execute(f'PRAGMA user_version={SCHEMA_VERSION}')
+            (self.root / LOCK_FOLDER).mkdir(exist_ok=True)
         except (OSError, sqlite3.Error) as error:
             raise RecordError(
                 f'cannot open the records database in {self.root}: {error}; check that the '
                 'folder is writable') from error
         self._lock = threading.Lock()
+        # inspection id -> open file descriptor of its flock-ed lock file
+        self._owner_locks: dict[int, int] = {}
+        self.mark_interrupted_inspections()
 
     @property
     def database_path(self) -> pathlib.Path:
         return self.root / DATABASE_NAME
 
     def close(self) -> None:
+        """Close the database. Inspections still running are marked interrupted on the next open."""
         with self._lock:
+            for inspection_id in list(self._owner_locks):
+                self._release_owner_lock(inspection_id, remove_file=False)
             self._connection.close()
 
     def __enter__(self) -> 'RecordStore':
@@ -202,17 +235,25 @@ class RecordStore:
         started_at = time.time() if started_at is None else started_at
 
         with self._lock:
-            with self._write_transaction('start the inspection of part ' + repr(part_id)):
-                cursor = self._connection.execute(
-                    'INSERT INTO inspections (part_id, status, started_at, view_count, model_id, '
-                    "path) VALUES (?, 'running', ?, ?, ?, '')",
-                    (part_id, started_at, int(view_count), model_id))
-                inspection_id = cursor.lastrowid
-                relative = pathlib.Path(safe_path_component(part_id), str(inspection_id))
-                self._connection.execute(
-                    'UPDATE inspections SET path = ? WHERE id = ?',
-                    (relative.as_posix(), inspection_id))
-                (self.root / relative).mkdir(parents=True, exist_ok=True)
+            inspection_id = None
+            try:
+                with self._write_transaction('start the inspection of part ' + repr(part_id)):
+                    cursor = self._connection.execute(
+                        'INSERT INTO inspections (part_id, status, started_at, view_count, '
+                        "model_id, path) VALUES (?, 'running', ?, ?, ?, '')",
+                        (part_id, started_at, int(view_count), model_id))
+                    inspection_id = cursor.lastrowid
+                    relative = pathlib.Path(safe_path_component(part_id), str(inspection_id))
+                    self._connection.execute(
+                        'UPDATE inspections SET path = ? WHERE id = ?',
+                        (relative.as_posix(), inspection_id))
+                    (self.root / relative).mkdir(parents=True, exist_ok=True)
+                    # Locked before the commit, so no other store can read the row unlocked.
+                    self._acquire_owner_lock(inspection_id)
+            except RecordError:
+                if inspection_id is not None:
+                    self._release_owner_lock(inspection_id, remove_file=True)
+                raise
             row = self._fetch_inspection(inspection_id)
         logger.info('inspection %d of part %r started, folder %s', row.id, part_id, row.path)
         return row
@@ -267,8 +308,12 @@ class RecordStore:
         worst_score: Optional[float] = None,
         model_id: Optional[str] = None,
     ) -> InspectionRow:
-        """Set the final status ('succeeded', 'failed' or 'canceled') and the part verdict."""
-        if status not in STATUSES or status == 'running':
+        """Set the final status ('succeeded', 'failed' or 'canceled') and the part verdict.
+
+        The commit comes before the lock of the inspection is released, so a store
+        opened meanwhile never marks a finished inspection as interrupted.
+        """
+        if status not in FINAL_STATUSES:
             raise ValueError(
                 f'invalid final status {status!r}; expected succeeded, failed or canceled')
         with self._lock:
@@ -281,9 +326,44 @@ class RecordStore:
                     (status, message, time.time(),
                      None if is_anomalous is None else int(is_anomalous),
                      worst_view_index, worst_score, model_id, inspection_id))
+            self._release_owner_lock(inspection_id, remove_file=True)
             row = self._fetch_inspection(inspection_id)
         logger.info('inspection %d of part %r %s', inspection_id, row.part_id, status)
         return row
+
+    def mark_interrupted_inspections(self) -> list[InspectionRow]:
+        """Mark 'running' inspections whose recording process has died as 'interrupted'.
+
+        Called when the store opens. An inspection counts as dead when no process holds
+        the lock of its lock file, or when that file is missing (records written by
+        versions without lock files). Their views and files are kept unchanged.
+
+        Returns:
+            The inspections marked by this call, with their new status.
+        """
+        marked = []
+        with self._lock:
+            running = self._connection.execute(
+                "SELECT id FROM inspections WHERE status = 'running' ORDER BY id").fetchall()
+            for (inspection_id,) in running:
+                if inspection_id in self._owner_locks or not self._take_dead_owner_lock(
+                        inspection_id):
+                    continue
+                with self._write_transaction(f'mark inspection {inspection_id} interrupted'):
+                    # The status condition skips an inspection finished since the SELECT.
+                    cursor = self._connection.execute(
+                        "UPDATE inspections SET status = 'interrupted', message = ? "
+                        "WHERE id = ? AND status = 'running'",
+                        (INTERRUPTED_MESSAGE, inspection_id))
+                self._release_owner_lock(inspection_id, remove_file=True)
+                if cursor.rowcount:
+                    marked.append(self._fetch_inspection(inspection_id))
+
+        for row in marked:
+            logger.warning('inspection %d of part %r was left running by a process that ended; '
+                           'marked interrupted (%d views recorded, folder %s)',
+                           row.id, row.part_id, len(self.list_views(row.id)), row.path)
+        return marked
 
     def get_inspection(self, inspection_id: int) -> InspectionRow:
         with self._lock:
@@ -315,6 +395,20 @@ class RecordStore:
             rows = self._connection.execute(query, parameters).fetchall()
         return [self._inspection_from_row(row) for row in rows]
 
+    def list_parts(self) -> list[PartSummary]:
+        """Return every part with its inspection count and newest inspection, by part id."""
+        with self._lock:
+            rows = self._connection.execute(
+                'SELECT inspections.*, counts.inspection_count FROM inspections JOIN ('
+                '  SELECT part_id, COUNT(*) AS inspection_count, MAX(id) AS last_id'
+                '  FROM inspections GROUP BY part_id'
+                ') AS counts ON inspections.id = counts.last_id '
+                'ORDER BY inspections.part_id').fetchall()
+        return [
+            PartSummary(row['part_id'], row['inspection_count'], self._inspection_from_row(row))
+            for row in rows
+        ]
+
     def list_views(self, inspection_id: int) -> list[ViewRow]:
         """Return the recorded views of an inspection in view order."""
         with self._lock:
@@ -325,6 +419,55 @@ class RecordStore:
 
     def _write_transaction(self, action: str):
         return _Transaction(self._connection, action)
+
+    def _lock_path(self, inspection_id: int) -> pathlib.Path:
+        return self.root / LOCK_FOLDER / f'{inspection_id}.lock'
+
+    def _acquire_owner_lock(self, inspection_id: int) -> None:
+        """Create and lock the lock file of a new inspection; raises OSError on failure."""
+        descriptor = os.open(self._lock_path(inspection_id), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            raise
+        self._owner_locks[inspection_id] = descriptor
+
+    def _take_dead_owner_lock(self, inspection_id: int) -> bool:
+        """Lock the lock file of an inspection unless a live process holds it.
+
+        Returns:
+            True when the owner is gone: the lock was taken (and is now held by this
+            store), or the lock file does not exist.
+        """
+        path = self._lock_path(inspection_id)
+        try:
+            descriptor = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return True
+        except OSError as error:
+            raise RecordError(
+                f'cannot check the lock file {path} of inspection {inspection_id}: {error}; '
+                'check that the records folder is writable') from error
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(descriptor)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise RecordError(
+                f'cannot lock {path} of inspection {inspection_id}: {error}') from error
+        self._owner_locks[inspection_id] = descriptor
+        return True
+
+    def _release_owner_lock(self, inspection_id: int, remove_file: bool) -> None:
+        descriptor = self._owner_locks.pop(inspection_id, None)
+        if remove_file:
+            # Unlinked before the lock is released: a store that locks the old file
+            # afterwards finds the inspection no longer running and changes nothing.
+            self._lock_path(inspection_id).unlink(missing_ok=True)
+        if descriptor is not None:
+            os.close(descriptor)
 
     def _fetch_inspection(self, inspection_id: int) -> InspectionRow:
         row = self._connection.execute(

@@ -5,6 +5,9 @@
 The nodes, their parameters and remappings come from hetnet_ros.bringup, which
 the console launcher hetnet-inspect reads too. This file only turns launch
 arguments into bringup options and bringup's node list into launch actions.
+
+camera_backend:=realsense2_camera starts Intel's realsense2_camera driver in
+place of the camera node, with its colour image remapped onto camera/image.
 """
 
 import os

@@ -159,19 +159,25 @@ def test_launch_file_parses_and_uses_bringup():
     assert 'generate_launch_description' in functions
 
 
-def test_launch_file_builds_nodes_from_graph(monkeypatch, graph, tmp_path):
-    """Run the launch file against minimal stand-ins of launch and launch_ros."""
-    class Recorder:
-        def __init__(self, *args, **kwargs):
-            self.args, self.kwargs = args, kwargs
+class Recorder:
+    """Stand-in for a launch action: records its arguments."""
 
-    class LaunchConfiguration(Recorder):
-        def perform(self, context):
-            return context.get(self.args[0], '')
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
 
-    class SetEnvironmentVariable(Recorder):
-        pass
 
+class LaunchConfiguration(Recorder):
+    def perform(self, context):
+        return context.get(self.args[0], '')
+
+
+class SetEnvironmentVariable(Recorder):
+    pass
+
+
+@pytest.fixture
+def launch_module(monkeypatch) -> dict:
+    """Execute the launch file against minimal stand-ins of launch and launch_ros."""
     modules = {
         'launch': types.SimpleNamespace(LaunchDescription=Recorder),
         'launch.actions': types.SimpleNamespace(
@@ -187,7 +193,11 @@ def test_launch_file_builds_nodes_from_graph(monkeypatch, graph, tmp_path):
         monkeypatch.delenv(variable, raising=False)
     namespace = {'__name__': 'inspect_launch'}
     exec(compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), 'exec'), namespace)
+    return namespace
 
+
+def test_launch_file_builds_nodes_from_graph(launch_module, graph, tmp_path):
+    namespace = launch_module
     description = namespace['generate_launch_description']()
     actions = description.args[0]
     declared = [action.args[0] for action in actions if action.args and action.kwargs.get(
@@ -207,6 +217,127 @@ def test_launch_file_builds_nodes_from_graph(monkeypatch, graph, tmp_path):
         assert node.kwargs['executable'] == spec.executable
         assert node.kwargs['parameters'] == [spec.parameters]
         assert node.kwargs['remappings'] == list(spec.remappings)
+
+
+def test_launch_file_starts_realsense2_camera(launch_module, tmp_path):
+    context = {'checkpoint': str(tmp_path / 'model.pt'), 'camera_backend': 'realsense2_camera'}
+    camera, detector, inspection = launch_module['create_graph_nodes'](context)
+    assert camera.kwargs['package'] == 'realsense2_camera'
+    assert camera.kwargs['executable'] == 'realsense2_camera_node'
+    assert camera.kwargs['name'] == 'camera'
+    assert camera.kwargs['namespace'] == 'camera'
+    assert camera.kwargs['remappings'] == [
+        ('/camera/camera/color/image_raw', '/camera/image'),
+        ('/camera/camera/color/camera_info', '/camera/camera_info')]
+    assert camera.kwargs['parameters'][0]['enable_color'] is True
+    assert detector.kwargs['package'] == 'hetnet_ros'
+    assert inspection.kwargs['parameters'][0]['capture_service'] == ''
+
+
+def test_realsense2_camera_replaces_camera_node(tmp_path):
+    options = GraphOptions(checkpoint=str(tmp_path / 'model.pt'),
+                           camera_backend='realsense2_camera')
+    camera, detector, inspection = inspection_graph(options)
+    assert camera.package == 'realsense2_camera'
+    assert camera.executable == 'realsense2_camera_node'
+    assert camera.module == '', 'the driver is no Python module of this package'
+    assert camera.fully_qualified_name == '/camera/camera', 'the driver keeps its usual names'
+    remappings = dict(camera.remappings)
+    assert remappings['/camera/camera/color/image_raw'] == '/' + GRAPH_NAMES['image']
+    assert remappings['/camera/camera/color/camera_info'] == '/' + GRAPH_NAMES['camera_info']
+    assert remapped(detector, 'image') == GRAPH_NAMES['image']
+    assert remapped(inspection, 'image') == GRAPH_NAMES['image']
+    assert camera.parameters == bringup.REALSENSE2_CAMERA_PARAMETERS
+    assert inspection.parameters['capture_service'] == '', 'the driver has no capture service'
+
+
+def test_realsense2_camera_in_namespace(tmp_path):
+    options = GraphOptions(checkpoint=str(tmp_path / 'model.pt'),
+                           camera_backend='realsense2_camera', namespace='/cell1/')
+    camera, detector, _ = inspection_graph(options)
+    assert camera.fully_qualified_name == '/cell1/camera/camera'
+    assert dict(camera.remappings) == {
+        '/cell1/camera/camera/color/image_raw': '/cell1/camera/image',
+        '/cell1/camera/camera/color/camera_info': '/cell1/camera/camera_info'}
+    assert detector.fully_qualified_name == '/cell1/detector'
+
+
+def test_realsense2_camera_parameters_from_config(tmp_path):
+    document = yaml.safe_load((PACKAGE_ROOT / 'config' / 'inspect.yaml').read_text())
+    document['realsense2_camera'] = {'ros__parameters': {
+        'serial_no': '_012345678901', 'rgb_camera.color_profile': '1920x1080x15'}}
+    config = tmp_path / 'inspect.yaml'
+    config.write_text(yaml.safe_dump(document))
+    options = GraphOptions(checkpoint='m.pt', camera_backend='realsense2_camera',
+                           config=str(config))
+    camera = inspection_graph(options)[0]
+    assert camera.parameters['serial_no'] == '_012345678901'
+    assert camera.parameters['rgb_camera.color_profile'] == '1920x1080x15'
+    assert camera.parameters['enable_depth'] is False, 'defaults stay unless the file sets them'
+
+
+def test_camera_backends_match_camera_node():
+    from hetnet_ros.nodes import camera_node
+
+    node_backends = set(bringup.CAMERA_BACKENDS) - {bringup.REALSENSE2_CAMERA}
+    assert node_backends == set(camera_node.BACKENDS)
+    with pytest.raises(GraphConfigError, match="invalid camera back-end 'usb'"):
+        inspection_graph(GraphOptions(checkpoint='m.pt', camera_backend='usb'))
+
+
+def test_realsense2_camera_remaps_onto_graph_over_dds(tmp_path):
+    """A stand-in driver with the driver's topic name and default image QoS reaches a
+    subscription with the detector's QoS, through the bringup's remapping rules."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_system_default
+    from sensor_msgs.msg import Image
+
+    from hetnet_ros.nodes.common import sensor_qos
+
+    options = GraphOptions(checkpoint='m.pt', camera_backend='realsense2_camera')
+    spec = inspection_graph(options)[0]
+    params_file = tmp_path / 'driver.yaml'
+    params_file.write_text(yaml.safe_dump(spec.parameters_document()))
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    received = []
+    try:
+        driver = Node('driver_stand_in', context=context,
+                      cli_args=spec.ros_arguments(params_file))
+        publisher = driver.create_publisher(Image, '~/color/image_raw', qos_profile_system_default)
+        detector = Node('detector_stand_in', context=context)
+        detector.create_subscription(Image, '/' + GRAPH_NAMES['image'], received.append,
+                                     sensor_qos(depth=1))
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(driver)
+        executor.add_node(detector)
+
+        assert driver.get_fully_qualified_name() == '/camera/camera'
+        assert publisher.topic_name == '/camera/image'
+        deadline = time.monotonic() + 20.0
+        while not received and time.monotonic() < deadline:
+            publisher.publish(Image(encoding='rgb8', height=1, width=1, step=3, data=[1, 2, 3]))
+            executor.spin_once(timeout_sec=0.1)
+        executor.shutdown()
+        driver.destroy_node()
+        detector.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+    assert received, 'no image reached the detector QoS subscription within 20 s'
+    assert received[0].encoding == 'rgb8'
+
+
+def test_launcher_rejects_realsense2_camera(tmp_path, capsys):
+    checkpoint = tmp_path / 'model.pt'
+    checkpoint.write_bytes(b'')
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.main(['--checkpoint', str(checkpoint), '--camera-backend', 'realsense2_camera'])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert 'hetnet-inspect cannot start' in error
+    assert 'ros2 launch hetnet_ros inspect.launch.py camera_backend:=realsense2_camera' in error
 
 
 def test_rviz_config_shows_graph_topics():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from hetnet_ros.records import (
+    INTERRUPTED_MESSAGE,
     RecordError,
     RecordStore,
     Region,
@@ -118,10 +119,100 @@ def test_views_survive_killed_writer(tmp_path):
     with RecordStore(tmp_path) as store:
         (inspection,) = store.list_inspections(part_id='crash')
         views = store.list_views(inspection.id)
-    assert inspection.status == 'running', 'a killed inspection stays running'
+    assert inspection.status == 'interrupted', 'reopening marks a killed inspection interrupted'
+    assert inspection.message == INTERRUPTED_MESSAGE
+    assert inspection.finished_at is None
     assert [view.view_index for view in views] == [0, 1]
     assert all(view.image_path.is_file() for view in views)
     assert not list(tmp_path.rglob('*.partial')), 'no half-written files may remain'
+    assert not list((tmp_path / '.running').iterdir()), 'the lock file of the dead writer remains'
+
+
+# Starts an inspection, records one view, reports its id and waits to be killed.
+LIVE_WRITER = textwrap.dedent('''
+    import sys, time
+    from hetnet_ros.records import RecordStore, ViewVerdict
+    from hetnet_ros.robots.base import Pose
+    store = RecordStore(sys.argv[1])
+    inspection = store.start_inspection('live', view_count=3)
+    store.add_view(inspection.id, 0, 'top', Pose((0.5, 0.0, 0.3)),
+                   ViewVerdict(0.3, 0.03, 0.5, False, 0.01, 'm', 1.0))
+    print(inspection.id, flush=True)
+    time.sleep(60)
+''')
+
+
+def test_running_inspection_of_live_process_kept(tmp_path):
+    writer = subprocess.Popen([sys.executable, '-c', LIVE_WRITER, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        inspection_id = int(writer.stdout.readline())
+        with RecordStore(tmp_path) as store:
+            assert store.get_inspection(inspection_id).status == 'running', (
+                'an inspection whose process is alive must stay running')
+            assert store.mark_interrupted_inspections() == []
+
+        writer.kill()
+        writer.wait(timeout=10)
+        with RecordStore(tmp_path) as store:
+            inspection = store.get_inspection(inspection_id)
+            views = store.list_views(inspection_id)
+            assert store.mark_interrupted_inspections() == [], 'marked only once'
+        assert inspection.status == 'interrupted'
+        assert [view.pose_name for view in views] == ['top']
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait(timeout=10)
+
+
+def test_running_inspection_of_same_process_kept(tmp_path):
+    with RecordStore(tmp_path) as writer:
+        inspection = writer.start_inspection('p', view_count=2)
+        with RecordStore(tmp_path) as reader:
+            assert reader.get_inspection(inspection.id).status == 'running'
+        writer.add_view(inspection.id, 0, 'top', POSE, verdict(0.2))
+        finished = writer.finish_inspection(inspection.id, 'succeeded', is_anomalous=False)
+    assert finished.status == 'succeeded'
+    assert not (tmp_path / '.running' / f'{inspection.id}.lock').exists()
+    with RecordStore(tmp_path) as store:
+        assert store.get_inspection(inspection.id).status == 'succeeded'
+
+
+def test_closed_store_running_inspection_interrupted(tmp_path):
+    with RecordStore(tmp_path) as store:
+        inspection = store.start_inspection('p', view_count=2)
+        store.add_view(inspection.id, 0, 'top', POSE, verdict(0.7), image=rgb_image(0))
+    with RecordStore(tmp_path) as store:
+        reopened = store.get_inspection(inspection.id)
+        (view,) = store.list_views(inspection.id)
+    assert reopened.status == 'interrupted'
+    assert view.image_path.is_file()
+
+
+def test_running_inspection_without_lock_file_interrupted(tmp_path):
+    """Records written before lock files existed have no lock file for a running row."""
+    with RecordStore(tmp_path) as store:
+        inspection = store.start_inspection('old', view_count=1)
+    (tmp_path / '.running' / f'{inspection.id}.lock').unlink(missing_ok=True)
+    with RecordStore(tmp_path) as store:
+        assert store.get_inspection(inspection.id).status == 'interrupted'
+
+
+def test_list_parts_counts_and_last(tmp_path):
+    with RecordStore(tmp_path) as store:
+        assert store.list_parts() == []
+        first = store.start_inspection('b', 1)
+        store.finish_inspection(first.id, 'succeeded', is_anomalous=True)
+        store.start_inspection('a', 1)
+        last_of_b = store.start_inspection('b', 1)
+        store.finish_inspection(last_of_b.id, 'failed', 'robot fault')
+        parts = store.list_parts()
+    assert [part.part_id for part in parts] == ['a', 'b']
+    assert [part.inspection_count for part in parts] == [1, 2]
+    assert parts[1].last_inspection.id == last_of_b.id
+    assert parts[1].last_inspection.status == 'failed'
+    assert parts[1].last_inspection.message == 'robot fault'
 
 
 def test_list_inspections_filters(tmp_path):
@@ -167,6 +258,8 @@ def test_invalid_calls_rejected(tmp_path):
         inspection = store.start_inspection('p', 1)
         with pytest.raises(ValueError, match="invalid final status 'done'"):
             store.finish_inspection(inspection.id, 'done')
+        with pytest.raises(ValueError, match="invalid final status 'interrupted'"):
+            store.finish_inspection(inspection.id, 'interrupted')
         with pytest.raises(RecordError, match='inspection 999 not found'):
             store.add_view(999, 0, 'top', POSE, verdict(0.1))
         with pytest.raises(ValueError, match='must be uint8'):
