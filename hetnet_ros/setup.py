@@ -31,6 +31,8 @@ setup(
             'hetnet-train = hetnet_ros.train:main',
             'hetnet-eval = hetnet_ros.evaluate:main',
             'hetnet-inspect = hetnet_ros.launcher:main',
+            'hetnet-export = hetnet_ros.export:main',
+            'hetnet-records = hetnet_ros.records_cli:main',
         ],
     },
 )

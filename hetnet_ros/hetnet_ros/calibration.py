@@ -14,10 +14,10 @@ anomalous when its normalised score is at least 0.5, that is when raw >= thresho
 
 import dataclasses
 import math
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from hetnet_ros.metrics import f1_optimal_threshold
 
@@ -69,7 +69,10 @@ class Calibration:
 
         Arrays keep their shape; numpy arrays come back as float32.
         """
-        if isinstance(raw, torch.Tensor):
+        # A tensor can only exist once PyTorch is imported, so looking it up in sys.modules
+        # keeps this module importable without PyTorch (the ONNX Runtime path).
+        torch = sys.modules.get('torch')
+        if torch is not None and isinstance(raw, torch.Tensor):
             return torch.clamp(0.5 + 0.5 * (raw - self.threshold) / self.scale, 0.0, 1.0)
         if isinstance(raw, np.ndarray):
             values = 0.5 + 0.5 * (raw.astype(np.float64) - self.threshold) / self.scale

@@ -1,4 +1,7 @@
-"""Tests of the detector node over real DDS with a small real checkpoint and real screw images."""
+"""Tests of the detector node over real DDS with a small real model and real screw images.
+
+The model runs as a PyTorch checkpoint and as its ONNX export.
+"""
 
 import os
 import pathlib
@@ -18,6 +21,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
+from hetnet_ros import export
 from hetnet_ros.data.mvtec import read_image
 from hetnet_ros.imaging import decode_float_map, decode_image
 from hetnet_ros.nodes.common import SENSOR_QOS, LatestSlot, start_lifecycle_node
@@ -45,8 +49,8 @@ def wait_for(predicate, timeout_s=WAIT_TIMEOUT_S, description='condition'):
 class Probe:
     """Test node that publishes images to the detector and records everything it publishes."""
 
-    def __init__(self, context):
-        self.node = rclpy.create_node('detector_probe', context=context)
+    def __init__(self, context, namespace: str = ''):
+        self.node = rclpy.create_node('detector_probe', context=context, namespace=namespace)
         self.publisher = self.node.create_publisher(Image, 'image', SENSOR_QOS)
         self.maps, self.heatmaps, self.verdicts, self.diagnostics = [], [], [], []
         self.node.create_subscription(Image, 'anomaly_map', self.maps.append, 10)
@@ -75,18 +79,18 @@ class Probe:
         return find(self.maps), find(self.heatmaps), find(self.verdicts)
 
 
-@pytest.fixture(scope='module')
-def graph(tiny_checkpoint):
-    """A started detector node and a probe node, spinning in a background thread."""
+def run_graph(parameters, namespace: str = ''):
+    """Start a detector node and a probe node in `namespace`, spinning in a background thread.
+
+    Yields (detector, probe) to a module fixture and shuts both down afterwards.
+    """
     context = rclpy.Context()
     rclpy.init(context=context)
     detector = DetectorNode(
-        context=context, use_global_arguments=False,
-        parameter_overrides=[
-            Parameter('checkpoint', value=str(tiny_checkpoint)),
-            Parameter('device', value='cpu')])
+        context=context, use_global_arguments=False, namespace=namespace,
+        parameter_overrides=parameters)
     assert start_lifecycle_node(detector), 'detector node failed to start'
-    probe = Probe(context)
+    probe = Probe(context, namespace)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(detector)
     executor.add_node(probe.node)
@@ -105,6 +109,38 @@ def graph(tiny_checkpoint):
     detector.destroy_node()
     probe.node.destroy_node()
     rclpy.shutdown(context=context)
+
+
+@pytest.fixture(scope='module')
+def graph(tiny_checkpoint):
+    """A started detector node running the checkpoint with PyTorch, and a probe node."""
+    yield from run_graph([
+        Parameter('checkpoint', value=str(tiny_checkpoint)), Parameter('device', value='cpu')])
+
+
+@pytest.fixture(scope='module')
+def tiny_onnx(tiny_checkpoint, tmp_path_factory, screw_root) -> pathlib.Path:
+    """The tiny checkpoint exported by hetnet-export and checked on 3 real screw test images.
+
+    The export takes about 20 s on 2 cores, so the first test module that needs it writes
+    it into the session's base temporary folder and later modules reuse that file.
+    """
+    path = tmp_path_factory.getbasetemp() / 'tiny_onnx' / 'tiny.onnx'
+    if not path.exists():
+        status = export.main([
+            '--checkpoint', str(tiny_checkpoint), '--output', str(path),
+            '--check-images', str(screw_root / 'test'), '--max-images', '3'])
+        assert status == export.EXIT_OK, f'hetnet-export exited with {status}'
+    return path
+
+
+@pytest.fixture(scope='module')
+def onnx_graph(tiny_onnx):
+    """A detector node running the ONNX export (runtime 'auto') and a probe, in namespace onnx.
+
+    The namespace keeps its topics apart from those of `graph`, which may run at the same time.
+    """
+    yield from run_graph([Parameter('checkpoint', value=str(tiny_onnx))], namespace='onnx')
 
 
 @pytest.fixture(scope='module')
@@ -305,3 +341,34 @@ def test_corrupt_checkpoint_exits_nonzero(tmp_path):
 
     assert result.returncode == 1, result.stderr
     assert f'failed to load checkpoint {corrupt}' in result.stderr
+
+
+def test_onnx_export_map_and_verdict(onnx_graph, graph, screw_rgb, reference_map, tiny_onnx):
+    detector, probe = onnx_graph
+    torch_detector, _ = graph
+    message = make_image('rgb8', screw_rgb)
+    # A raw difference d changes normalised scores by at most 0.5 * d / scale.
+    normalised_tolerance = 0.5 * export.DEFAULT_TOLERANCE / torch_detector.detector.calibration.scale
+
+    anomaly_map, heatmap, verdict = run_detector(probe, message)
+
+    assert detector.detector.runtime == 'onnxruntime', "runtime 'auto' must pick ONNX Runtime"
+    assert anomaly_map.header == message.header
+    assert anomaly_map.encoding == '32FC1'
+    assert (anomaly_map.height, anomaly_map.width) == (INPUT_HEIGHT, INPUT_WIDTH)
+    values = decode_float_map(
+        anomaly_map.height, anomaly_map.width, anomaly_map.step, anomaly_map.data,
+        anomaly_map.is_bigendian)
+    np.testing.assert_allclose(values, reference_map, rtol=0, atol=normalised_tolerance,
+                               err_msg='the ONNX map must match the PyTorch map of the same image')
+    assert heatmap.header == message.header
+    assert verdict.header == message.header
+    assert verdict.model_id == torch_detector.detector.model_id
+    assert verdict.is_anomalous == (verdict.pred_score >= verdict.threshold)
+
+
+def test_torch_runtime_rejects_onnx_file(tiny_onnx):
+    result = _run_node_process('-p', f'checkpoint:={tiny_onnx}', '-p', 'runtime:=torch')
+
+    assert result.returncode == 1, result.stderr
+    assert "runtime 'torch' cannot run the ONNX file" in result.stderr

@@ -1,15 +1,30 @@
-"""Tests of AnomalyDetector with a real tiny checkpoint and real images."""
+"""Tests of AnomalyDetector and OnnxAnomalyDetector with a real tiny checkpoint and real images."""
 
 import copy
+import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
 
+import hetnet_ros
+from hetnet_ros import export
 from hetnet_ros.calibration import Calibration
 from hetnet_ros.data.mvtec import read_image
+from hetnet_ros.data.preprocess import resize_rgb, rgb_to_tensor
 from hetnet_ros.inference import AnomalyDetector, Prediction, Region, find_regions
+from hetnet_ros.onnx_inference import OnnxAnomalyDetector, select_providers
+from hetnet_ros.prediction import to_model_input
+from hetnet_ros.runtimes import ModelLoadError, load_detector
+
+SUBPROCESS_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope='module')
@@ -115,3 +130,163 @@ def test_warmup_returns_time(detector):
 def test_predict_rejects_bad_input(detector, image, fragment):
     with pytest.raises(ValueError, match=fragment):
         detector.predict(image)
+
+
+# Pre- and post-processing shared by the runtimes, and the ONNX Runtime detector.
+
+@pytest.fixture(scope='module')
+def tiny_onnx(tiny_checkpoint, tmp_path_factory, screw_root) -> pathlib.Path:
+    """The tiny checkpoint exported by hetnet-export and checked on 3 real screw test images.
+
+    The export takes about 20 s on 2 cores, so the first test module that needs it writes
+    it into the session's base temporary folder and later modules reuse that file.
+    """
+    path = tmp_path_factory.getbasetemp() / 'tiny_onnx' / 'tiny.onnx'
+    if not path.exists():
+        status = export.main([
+            '--checkpoint', str(tiny_checkpoint), '--output', str(path),
+            '--check-images', str(screw_root / 'test'), '--max-images', '3'])
+        assert status == export.EXIT_OK, f'hetnet-export exited with {status}'
+    return path
+
+
+@pytest.fixture(scope='module')
+def onnx_detector(tiny_onnx) -> OnnxAnomalyDetector:
+    return OnnxAnomalyDetector.from_file(tiny_onnx, providers=['CPUExecutionProvider'])
+
+
+@pytest.mark.parametrize('height, width', [(200, 300), (64, 64), (40, 30), (50, 100), (100, 50)])
+def test_resize_to_model_matches_training(screw_image, height, width):
+    rgb = cv2.resize(screw_image, (width, height), interpolation=cv2.INTER_AREA)
+
+    expected = rgb_to_tensor(resize_rgb(rgb, 64)).numpy()
+    model_input = to_model_input(rgb, 64)
+
+    assert model_input.shape == (1, 3, 64, 64)
+    assert model_input.dtype == np.float32
+    assert np.array_equal(model_input[0], expected), 'inference must prepare images exactly as training'
+
+
+def test_onnx_detector_has_torch_interface(onnx_detector, detector):
+    assert onnx_detector.model_id == detector.model_id
+    assert onnx_detector.image_size == detector.image_size
+    assert onnx_detector.threshold == detector.threshold
+    assert onnx_detector.raw_threshold == detector.raw_threshold
+    assert onnx_detector.calibration == detector.calibration
+    assert onnx_detector.metadata == detector.metadata
+    assert onnx_detector.runtime == 'onnxruntime'
+    assert detector.runtime == 'torch'
+    assert onnx_detector.device == 'cpu'
+
+
+def test_onnx_predict_map_has_input_size(onnx_detector, detector, screw_image):
+    prediction = onnx_detector.predict(screw_image)
+    reference = detector.predict(screw_image)
+
+    assert isinstance(prediction, Prediction)
+    assert prediction.anomaly_map.shape == (200, 300)
+    assert prediction.anomaly_map.dtype == np.float32
+    assert prediction.anomaly_map.min() >= 0.0
+    assert prediction.anomaly_map.max() <= 1.0
+    assert prediction.is_anomalous == reference.is_anomalous
+    assert prediction.raw_score == pytest.approx(reference.raw_score, abs=export.DEFAULT_TOLERANCE)
+    assert prediction.inference_time_s > 0.0
+
+
+def test_onnx_warmup_returns_time(onnx_detector):
+    assert onnx_detector.warmup() > 0.0
+
+
+def test_onnx_predict_rejects_bad_input(onnx_detector):
+    with pytest.raises(ValueError, match='dtype is float32, expected uint8'):
+        onnx_detector.predict(np.zeros((8, 8, 3), np.float32))
+
+
+# Loads the export and predicts in a fresh interpreter where importing torch raises.
+NO_TORCH_SCRIPT = '''
+import importlib.abc
+import sys
+
+class BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == 'torch' or name.startswith('torch.'):
+            raise ImportError(f'importing {name} is blocked by the test')
+        return None
+
+sys.meta_path.insert(0, BlockTorch())
+
+import numpy as np
+from hetnet_ros.runtimes import load_detector
+
+detector, reason = load_detector(sys.argv[1], device='cpu')
+prediction = detector.predict(np.full((48, 40, 3), 100, np.uint8))
+print(detector.runtime, prediction.anomaly_map.shape)
+print('torch imported:', any(name == 'torch' or name.startswith('torch.') for name in sys.modules))
+'''
+
+
+def test_onnx_path_imports_no_torch(tiny_onnx):
+    environment = dict(os.environ)
+    package_parent = str(pathlib.Path(hetnet_ros.__file__).resolve().parents[1])
+    environment['PYTHONPATH'] = os.pathsep.join(filter(None, [package_parent, environment.get('PYTHONPATH')]))
+
+    result = subprocess.run(
+        [sys.executable, '-c', NO_TORCH_SCRIPT, str(tiny_onnx)], env=environment,
+        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+
+    assert result.returncode == 0, result.stderr
+    assert 'onnxruntime (48, 40)' in result.stdout
+    assert 'torch imported: False' in result.stdout
+
+
+def test_load_detector_picks_runtime_by_suffix(tiny_checkpoint, tiny_onnx):
+    torch_detector, torch_reason = load_detector(tiny_checkpoint, device='cpu')
+    onnx_detector, onnx_reason = load_detector(tiny_onnx, device='cpu')
+
+    assert isinstance(torch_detector, AnomalyDetector)
+    assert torch_reason.startswith('runtime torch on cpu')
+    assert isinstance(onnx_detector, OnnxAnomalyDetector)
+    assert onnx_reason.startswith('runtime onnxruntime with CPUExecutionProvider')
+    assert "runtime 'auto' runs .onnx files with ONNX Runtime" in onnx_reason
+
+
+@pytest.mark.parametrize('model_file, runtime, device, fragment', [
+    ('tiny_onnx', 'torch', 'cpu', "runtime 'torch' cannot run the ONNX file"),
+    ('tiny_checkpoint', 'onnxruntime', 'cpu', 'export the checkpoint with hetnet-export'),
+    ('tiny_onnx', 'tensorrt', 'cpu', 'runtime must be one of auto, torch, onnxruntime'),
+    ('tiny_onnx', 'auto', 'gpu', 'device must be one of auto, cpu, cuda'),
+])
+def test_load_detector_rejects_bad_request(request, model_file, runtime, device, fragment):
+    path = request.getfixturevalue(model_file)
+
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        load_detector(path, runtime, device)
+
+
+def test_load_detector_wraps_file_errors(tmp_path):
+    corrupt = tmp_path / 'corrupt.onnx'
+    corrupt.write_bytes(b'this is not an ONNX model')
+    foreign = tmp_path / 'foreign.onnx'
+    identity = onnx.helper.make_graph(
+        [onnx.helper.make_node('Identity', ['x'], ['y'])], 'identity',
+        [onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(identity), foreign)
+
+    with pytest.raises(ModelLoadError, match='failed to load ONNX file'):
+        load_detector(corrupt, device='cpu')
+    with pytest.raises(ModelLoadError, match='not a hetnet_ros export'):
+        load_detector(foreign, device='cpu')
+    with pytest.raises(ModelLoadError, match='ONNX file not found'):
+        load_detector(tmp_path / 'missing.onnx', device='cpu')
+    with pytest.raises(ModelLoadError, match='checkpoint not found'):
+        load_detector(tmp_path / 'missing.pt', device='cpu')
+
+
+def test_select_providers_without_cuda():
+    if 'CUDAExecutionProvider' in onnxruntime.get_available_providers():
+        pytest.skip('this onnxruntime build has CUDA, so the error path cannot run')
+
+    assert select_providers('auto')[0] == ['CPUExecutionProvider']
+    with pytest.raises(ValueError, match='install onnxruntime-gpu'):
+        select_providers('cuda')

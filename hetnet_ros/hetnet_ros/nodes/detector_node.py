@@ -14,6 +14,9 @@ The subscription callback only stores the message. A worker thread takes the new
 one and runs the model, so frames that arrive while the model is busy are dropped
 (and counted) instead of queueing up.
 
+The model runs with PyTorch (a checkpoint from hetnet-train) or with ONNX Runtime (an
+.onnx file from hetnet-export); the ONNX Runtime path never imports PyTorch.
+
 Run: python -m hetnet_ros.nodes.detector_node --ros-args -p checkpoint:=model.pt
 """
 
@@ -35,9 +38,8 @@ from hetnet_ros.imaging import (
     FLOAT_MAP_ENCODING, ImageDecodeError, decode_image, encode_32fc1, encode_rgb8)
 from hetnet_ros.nodes.common import (
     ErrorThrottle, LatestSlot, diagnostic_array, run_node, sensor_qos)
+from hetnet_ros.runtimes import DEVICES, RUNTIMES, ModelLoadError, load_detector
 from hetnet_ros.visualize import heatmap_overlay
-
-DEVICES = ('auto', 'cpu', 'cuda')
 
 ERROR_LOG_PERIOD_S = 5.0
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -65,9 +67,9 @@ class DetectorStats:
 
 
 class DetectorNode(LifecycleNode):
-    """Lifecycle node that owns one AnomalyDetector.
+    """Lifecycle node that owns one detector (PyTorch or ONNX Runtime).
 
-    configure loads the checkpoint and warms the model up, activate subscribes to
+    configure loads the model file and warms the model up, activate subscribes to
     `image` and starts the worker thread, deactivate stops both, cleanup releases
     the model.
     """
@@ -96,9 +98,14 @@ class DetectorNode(LifecycleNode):
 
     def _declare_parameters(self) -> None:
         self.declare_parameter('checkpoint', '', ParameterDescriptor(
-            description='Path of the HetNet checkpoint file written by hetnet-train (required).'))
+            description='Path of the model file (required): a checkpoint (.pt) written by '
+                        'hetnet-train or an ONNX file (.onnx) written by hetnet-export.'))
+        self.declare_parameter('runtime', 'auto', ParameterDescriptor(
+            description="Runtime that runs the model: 'torch', 'onnxruntime', or 'auto' "
+                        '(onnxruntime for .onnx files, torch otherwise).'))
         self.declare_parameter('device', 'auto', ParameterDescriptor(
-            description="Torch device: 'cpu', 'cuda', or 'auto' (cuda when available)."))
+            description="Device: 'cpu', 'cuda', or 'auto' (cuda when the runtime finds it). "
+                        'For onnxruntime it selects the execution provider.'))
         self.declare_parameter('publish_heatmap', True, ParameterDescriptor(
             description='Publish the rgb8 heatmap overlay on heatmap.'))
         self.declare_parameter('autostart', True, ParameterDescriptor(
@@ -111,6 +118,10 @@ class DetectorNode(LifecycleNode):
                 return SetParametersResult(
                     successful=False,
                     reason=f"device must be one of {', '.join(DEVICES)}, got {parameter.value!r}")
+            if parameter.name == 'runtime' and parameter.value not in RUNTIMES:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"runtime must be one of {', '.join(RUNTIMES)}, got {parameter.value!r}")
         return SetParametersResult(successful=True)
 
     # Lifecycle transitions.
@@ -127,7 +138,8 @@ class DetectorNode(LifecycleNode):
             checkpoint = self.get_parameter('checkpoint').value
             self.get_logger().error(
                 f'failed to load checkpoint {checkpoint} (unexpected {type(error).__name__}: '
-                f'{error}); check that it is a checkpoint file written by hetnet-train')
+                f'{error}); check that it is a checkpoint written by hetnet-train or an ONNX '
+                'file written by hetnet-export')
             return TransitionCallbackReturn.FAILURE
 
         self._map_publisher = self.create_lifecycle_publisher(Image, 'anomaly_map', 10)
@@ -272,52 +284,40 @@ class DetectorNode(LifecycleNode):
     # Helpers.
 
     def _load_detector(self):
-        """Load and warm up the checkpoint; return (detector, device).
+        """Load and warm up the model file; return (detector, device).
 
         Raises:
             ValueError: the checkpoint parameter is empty, the file is missing or
-                cannot be loaded, or the device is not available.
+                cannot be loaded, the runtime cannot run it, or the device is not
+                available.
         """
         checkpoint = self.get_parameter('checkpoint').value
         if not checkpoint:
             raise ValueError(
                 "parameter 'checkpoint' is empty; set it to a checkpoint file written by "
-                'hetnet-train, for example -p checkpoint:=/models/screw.pt')
+                'hetnet-train or an ONNX file written by hetnet-export, for example '
+                '-p checkpoint:=/models/screw.pt')
         path = pathlib.Path(checkpoint).expanduser()
         if not path.is_file():
             raise ValueError(
                 f'checkpoint file {path} not found; check the checkpoint parameter, or train '
                 'one with hetnet-train')
-        device = self._resolve_device(self.get_parameter('device').value)
-
-        # Imported here, so that importing the node module does not load PyTorch.
-        from hetnet_ros.checkpoint import CheckpointError
-        from hetnet_ros.inference import AnomalyDetector
+        runtime = self.get_parameter('runtime').value
+        device = self.get_parameter('device').value
 
         started = time.monotonic()
         try:
-            detector = AnomalyDetector.from_checkpoint(path, device=device)
+            detector, reason = load_detector(path, runtime, device)
             detector.warmup()
-        except (CheckpointError, OSError, RuntimeError) as error:
-            raise ValueError(f'failed to load checkpoint {path} on {device}: {error}') from error
-        self.get_logger().info(
-            f'configured: model {detector.model_id} from {path} on {device}, input '
-            f'{detector.image_size}x{detector.image_size} px, threshold {detector.threshold:g}, '
-            f'loaded and warmed up in {time.monotonic() - started:.1f} s')
-        return detector, device
-
-    def _resolve_device(self, requested: str) -> str:
-        if requested not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
-        import torch
-        cuda_available = torch.cuda.is_available()
-        if requested == 'cuda' and not cuda_available:
+        except (ModelLoadError, OSError, RuntimeError) as error:
             raise ValueError(
-                "device 'cuda' was requested but PyTorch finds no CUDA device; "
-                "set device to 'cpu' or 'auto'")
-        if requested == 'auto':
-            return 'cuda' if cuda_available else 'cpu'
-        return requested
+                f'failed to load checkpoint {path} with runtime {runtime!r} on device {device!r}: '
+                f'{error}') from error
+        self.get_logger().info(
+            f'configured: model {detector.model_id} from {path}, input {detector.image_size}x'
+            f'{detector.image_size} px, threshold {detector.threshold:g}, loaded and warmed up in '
+            f'{time.monotonic() - started:.1f} s; using {reason}')
+        return detector, str(detector.device)
 
     def _stop(self) -> None:
         if self._subscription is not None:
