@@ -98,7 +98,9 @@ GRAPH_ARGUMENTS = {
     'camera_backend': "camera back-end: 'replay' or 'realsense' (this package's camera node), "
                       "or 'realsense2_camera' (Intel's driver, ros2 launch only) (default from "
                       'the config file)',
-    'robot_backend': "robot back-end, 'sim' (default from the config file)",
+    'robot_backend': "robot back-end, 'sim' or 'flexiv' (Python 3.12 with flexivrdk 1.9; "
+                     'serial number and network interfaces from the config file; default from '
+                     'the config file)',
     'sim_speed_factor': 'simulated seconds per wall second of the sim robot (default from the '
                         'config file)',
     'device': "detector torch device, 'auto', 'cpu' or 'cuda' (default from the config file)",

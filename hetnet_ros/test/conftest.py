@@ -52,3 +52,16 @@ def tiny_checkpoint(tmp_path_factory, screw_root) -> pathlib.Path:
         epochs=1, batch_size=4, max_train_images=10, holdout_images=2, seed=0, device='cpu',
         progress=False)
     return train(options)
+
+
+@pytest.fixture(scope='session')
+def tiny_onnx(tiny_checkpoint, tmp_path_factory, screw_root) -> pathlib.Path:
+    """The tiny checkpoint exported by hetnet-export and checked on 3 real screw test images."""
+    from hetnet_ros import export
+
+    path = tmp_path_factory.mktemp('tiny_onnx') / 'tiny.onnx'
+    status = export.main([
+        '--checkpoint', str(tiny_checkpoint), '--output', str(path),
+        '--check-images', str(screw_root / 'test'), '--max-images', '3'])
+    assert status == export.EXIT_OK, f'hetnet-export exited with {status}'
+    return path

@@ -119,22 +119,6 @@ def graph(tiny_checkpoint):
 
 
 @pytest.fixture(scope='module')
-def tiny_onnx(tiny_checkpoint, tmp_path_factory, screw_root) -> pathlib.Path:
-    """The tiny checkpoint exported by hetnet-export and checked on 3 real screw test images.
-
-    The export takes about 20 s on 2 cores, so the first test module that needs it writes
-    it into the session's base temporary folder and later modules reuse that file.
-    """
-    path = tmp_path_factory.getbasetemp() / 'tiny_onnx' / 'tiny.onnx'
-    if not path.exists():
-        status = export.main([
-            '--checkpoint', str(tiny_checkpoint), '--output', str(path),
-            '--check-images', str(screw_root / 'test'), '--max-images', '3'])
-        assert status == export.EXIT_OK, f'hetnet-export exited with {status}'
-    return path
-
-
-@pytest.fixture(scope='module')
 def onnx_graph(tiny_onnx):
     """A detector node running the ONNX export (runtime 'auto') and a probe, in namespace onnx.
 

@@ -25,22 +25,6 @@ SCREW_IMAGES = ('good/000.png', 'scratch_head/000.png', 'thread_top/000.png')
 
 
 @pytest.fixture(scope='module')
-def tiny_onnx(tiny_checkpoint, tmp_path_factory, screw_root) -> pathlib.Path:
-    """The tiny checkpoint exported by hetnet-export and checked on 3 real screw test images.
-
-    The export takes about 20 s on 2 cores, so the first test module that needs it writes
-    it into the session's base temporary folder and later modules reuse that file.
-    """
-    path = tmp_path_factory.getbasetemp() / 'tiny_onnx' / 'tiny.onnx'
-    if not path.exists():
-        status = export.main([
-            '--checkpoint', str(tiny_checkpoint), '--output', str(path),
-            '--check-images', str(screw_root / 'test'), '--max-images', str(CHECK_IMAGE_COUNT)])
-        assert status == export.EXIT_OK, f'hetnet-export exited with {status}'
-    return path
-
-
-@pytest.fixture(scope='module')
 def loaded(tiny_checkpoint) -> LoadedCheckpoint:
     return load_checkpoint(tiny_checkpoint)
 

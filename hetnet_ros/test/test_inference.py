@@ -135,22 +135,6 @@ def test_predict_rejects_bad_input(detector, image, fragment):
 # Pre- and post-processing shared by the runtimes, and the ONNX Runtime detector.
 
 @pytest.fixture(scope='module')
-def tiny_onnx(tiny_checkpoint, tmp_path_factory, screw_root) -> pathlib.Path:
-    """The tiny checkpoint exported by hetnet-export and checked on 3 real screw test images.
-
-    The export takes about 20 s on 2 cores, so the first test module that needs it writes
-    it into the session's base temporary folder and later modules reuse that file.
-    """
-    path = tmp_path_factory.getbasetemp() / 'tiny_onnx' / 'tiny.onnx'
-    if not path.exists():
-        status = export.main([
-            '--checkpoint', str(tiny_checkpoint), '--output', str(path),
-            '--check-images', str(screw_root / 'test'), '--max-images', '3'])
-        assert status == export.EXIT_OK, f'hetnet-export exited with {status}'
-    return path
-
-
-@pytest.fixture(scope='module')
 def onnx_detector(tiny_onnx) -> OnnxAnomalyDetector:
     return OnnxAnomalyDetector.from_file(tiny_onnx, providers=['CPUExecutionProvider'])
 
