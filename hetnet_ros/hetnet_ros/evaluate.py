@@ -2,9 +2,12 @@
 
 Metrics are computed at the model input size (masks resized with nearest-neighbour),
 from raw scores, over the whole test set and per defect type (that type's images plus
-all normal test images). The output folder receives report.json, roc.png and heatmap
-overlays of the worst cases of every type: the highest-scoring normal images and the
-lowest-scoring defective ones.
+all normal test images). The output folder receives report.json, the image ROC curves
+(roc.png), the PRO curves up to FPR 0.3 (pro.png), one grid of the worst cases of the
+whole test set (worst_cases.png) and heatmap overlays of the worst cases of every type.
+The worst cases are the highest-scoring normal images, which are false positives when
+they reach the threshold, and the lowest-scoring defective ones, which are false
+negatives when they stay below it.
 """
 
 import argparse
@@ -16,6 +19,7 @@ import pathlib
 import sys
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
@@ -26,7 +30,8 @@ from hetnet_ros.checkpoint import CheckpointError, LoadedCheckpoint, load_checkp
 from hetnet_ros.data.mvtec import NORMAL_TYPE, DatasetError, MVTecDataset
 from hetnet_ros.inference import infer_raw
 from hetnet_ros.metrics import (
-    classification_counts, f1_optimal_threshold, image_auroc, pixel_aupro, pixel_auroc)
+    DEFAULT_FPR_LIMIT, classification_counts, f1_optimal_threshold, image_auroc, pixel_aupro, pixel_auroc,
+    pro_curve)
 from hetnet_ros.train import resolve_device
 from hetnet_ros.visualize import draw_mask_outline, heatmap_overlay, save_png, save_roc_plot, side_by_side
 
@@ -34,7 +39,15 @@ logger = logging.getLogger(__name__)
 
 REPORT_NAME = 'report.json'
 ROC_NAME = 'roc.png'
+PRO_NAME = 'pro.png'
+WORST_CASES_NAME = 'worst_cases.png'
 OVERLAY_FOLDER = 'overlays'
+
+# Side in pixels of one image in the worst-case grid; smaller model inputs are enlarged
+# so that the captions stay readable.
+GRID_CELL_MIN_SIZE = 224
+# Points per PRO curve in pro.png; longer curves are subsampled evenly.
+PRO_PLOT_MAX_POINTS = 2000
 
 
 class ScoredTestSet:
@@ -81,13 +94,14 @@ def evaluate(
         checkpoint: pathlib.Path | str, data: pathlib.Path | str, output_dir: pathlib.Path | str,
         max_images_per_type: Optional[int] = None, device: str = 'auto', batch_size: int = 8,
         overlays_per_type: int = 3, progress: bool = True,
-        f1_checkpoint: Optional[pathlib.Path | str] = None) -> dict:
+        f1_checkpoint: Optional[pathlib.Path | str] = None, worst_cases: int = 4) -> dict:
     """Evaluate a checkpoint, write the report and plots, and return the report.
 
     Args:
         checkpoint: file written by hetnet-train.
         data: dataset root with test/ and ground_truth/ (MVTec AD layout).
-        output_dir: folder for report.json, roc.png and overlays/; created if missing.
+        output_dir: folder for report.json, roc.png, pro.png, worst_cases.png and overlays/;
+            created if missing.
         max_images_per_type: use at most N images of each test folder, spread evenly by name.
         device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
         batch_size: images per forward pass.
@@ -96,6 +110,7 @@ def evaluate(
         f1_checkpoint: if given, also write a copy of the checkpoint whose calibration is
             F1-optimal on this test set. Metrics measured on the same images then overstate
             what the new threshold achieves on unseen images.
+        worst_cases: normal and defective images per row of worst_cases.png; 0 writes no grid.
 
     Raises:
         CheckpointError, DatasetError, ValueError: unusable inputs.
@@ -112,11 +127,19 @@ def evaluate(
 
     output_dir.mkdir(parents=True, exist_ok=True)
     roc_path = _save_roc(output_dir / ROC_NAME, results, report['per_defect_type'])
+    pro_path = _save_pro(output_dir / PRO_NAME, results, report)
+    grid_path = _save_worst_case_grid(output_dir / WORST_CASES_NAME, results, loaded.calibration, worst_cases)
     overlay_paths = _save_overlays(
         output_dir / OVERLAY_FOLDER, results, loaded.calibration, overlays_per_type)
+
+    def relative(path: Optional[pathlib.Path]) -> Optional[str]:
+        return str(path.relative_to(output_dir)) if path else None
+
     report['plots'] = {
-        'roc': str(roc_path.relative_to(output_dir)) if roc_path else None,
-        'overlays': [str(path.relative_to(output_dir)) for path in overlay_paths],
+        'roc': relative(roc_path),
+        'pro': relative(pro_path),
+        'worst_cases': relative(grid_path),
+        'overlays': [relative(path) for path in overlay_paths],
     }
     if f1_checkpoint is not None:
         report['f1_checkpoint'] = _save_f1_checkpoint(f1_checkpoint, loaded, results, data)
@@ -175,6 +198,111 @@ def _save_roc(path: pathlib.Path, results: ScoredTestSet, per_type: dict) -> Opt
         logger.warning('no ROC curve written: the test set needs both normal and defective images')
         return None
     return save_roc_plot(path, curves, title='image-level ROC')
+
+
+def _save_pro(path: pathlib.Path, results: ScoredTestSet, report: dict) -> Optional[pathlib.Path]:
+    """Plot PRO over FPR up to the AUPRO limit for the whole test set and each defect type."""
+    groups = [('all', np.arange(len(results.scores)), report['overall'])]
+    groups += [(name, results.subset(name), report['per_defect_type'][name]) for name in report['per_defect_type']]
+    curves = {}
+    for name, indices, metrics in groups:
+        fpr, pro = pro_curve(results.masks[indices], results.maps[indices])
+        if fpr.size == 0:
+            continue
+        curves[name] = (*_curve_up_to(fpr, pro, DEFAULT_FPR_LIMIT), metrics['pixel_aupro'])
+    if not curves:
+        logger.warning('no PRO curve written: the test set needs defect regions and normal pixels')
+        return None
+
+    # Imported here, as in hetnet_ros.visualize, so that the global backend stays untouched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 6), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    for name, (fpr, pro, aupro) in curves.items():
+        axes.plot(fpr, pro, label=f'{name} (AUPRO {aupro:.3f})')
+    axes.set_xlim(0, DEFAULT_FPR_LIMIT)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel('false positive rate (normal pixels)')
+    axes.set_ylabel('per-region overlap')
+    axes.set_title(f'PRO curve up to FPR {DEFAULT_FPR_LIMIT}')
+    axes.legend(loc='upper left', fontsize='small')
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def _curve_up_to(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the curve points with FPR <= fpr_limit, end it at the limit and subsample long curves."""
+    inside = np.flatnonzero(fpr <= fpr_limit)
+    fpr_inside, pro_inside = fpr[inside], pro[inside]
+    if inside[-1] + 1 < fpr.size:
+        following = inside[-1] + 1
+        step = fpr[following] - fpr_inside[-1]
+        weight = (fpr_limit - fpr_inside[-1]) / step if step > 0 else 0.0
+        fpr_inside = np.append(fpr_inside, fpr_limit)
+        pro_inside = np.append(pro_inside, pro_inside[-1] + weight * (pro[following] - pro_inside[-1]))
+    if fpr_inside.size > PRO_PLOT_MAX_POINTS:
+        keep = np.unique(np.linspace(0, fpr_inside.size - 1, PRO_PLOT_MAX_POINTS).round().astype(int))
+        fpr_inside, pro_inside = fpr_inside[keep], pro_inside[keep]
+    return fpr_inside, pro_inside
+
+
+def _save_worst_case_grid(
+        path: pathlib.Path, results: ScoredTestSet, calibration: Calibration,
+        per_row: int) -> Optional[pathlib.Path]:
+    """Write one PNG with the highest-scoring normal images above the lowest-scoring defective ones.
+
+    Every cell shows the heatmap overlay with the ground-truth outline in white, the
+    image's name and its normalised pred_score with the verdict at the threshold 0.5.
+    """
+    if per_row <= 0:
+        return None
+    normal = np.flatnonzero(results.labels == 0)
+    defective = np.flatnonzero(results.labels == 1)
+    rows = [
+        ('highest-scoring normal images (false positives at pred_score >= 0.5)',
+         normal[np.argsort(-results.scores[normal], kind='stable')][:per_row]),
+        ('lowest-scoring defective images (false negatives at pred_score < 0.5)',
+         defective[np.argsort(results.scores[defective], kind='stable')][:per_row]),
+    ]
+    rows = [(title, indices) for title, indices in rows if indices.size]
+    if not rows:
+        return None
+
+    cell_size = max(results.maps.shape[-1], GRID_CELL_MIN_SIZE)
+    width = per_row * cell_size + (per_row - 1) * 4
+    parts = []
+    for title, indices in rows:
+        parts.append(_text_strip([title], width))
+        cells = [_grid_cell(results, calibration, int(index), cell_size) for index in indices]
+        cells += [np.zeros_like(cells[0])] * (per_row - len(cells))
+        parts.append(side_by_side(cells))
+    return save_png(path, np.concatenate(parts, axis=0))
+
+
+def _grid_cell(results: ScoredTestSet, calibration: Calibration, index: int, size: int) -> np.ndarray:
+    rgb, mask = results.dataset.load_resized(index)
+    overlay = draw_mask_outline(heatmap_overlay(rgb, calibration.normalize(results.maps[index])), mask)
+    if overlay.shape[0] != size:
+        overlay = cv2.resize(overlay, (size, size), interpolation=cv2.INTER_NEAREST)
+    sample = results.dataset.samples[index]
+    score = calibration.normalize(float(results.scores[index]))
+    verdict = 'anomalous' if score >= 0.5 else 'normal'
+    caption = [f'{sample.defect_type}/{sample.image_path.name}', f'pred_score {score:.3f} ({verdict})']
+    return np.concatenate([overlay, _text_strip(caption, size)], axis=0)
+
+
+def _text_strip(lines: Sequence[str], width: int, line_height: int = 16) -> np.ndarray:
+    """Render lines of white text on a black (H, width, 3) uint8 strip; long lines are cut at the edge."""
+    strip = np.zeros((line_height * len(lines) + 4, width, 3), dtype=np.uint8)
+    for number, line in enumerate(lines):
+        baseline = line_height * (number + 1) - 2
+        cv2.putText(strip, line, (4, baseline), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return strip
 
 
 def _save_overlays(
@@ -258,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog='hetnet-eval',
         description='Evaluate a HetNet checkpoint on the test split of an MVTec-layout dataset: image AUROC, '
                     'pixel AUROC and pixel AUPRO (FPR up to 0.3) overall and per defect type, written to '
-                    'OUTPUT/report.json with an ROC plot and heatmap overlays of the worst cases.')
+                    'OUTPUT/report.json with ROC and PRO plots, a grid of the worst false positives and '
+                    'false negatives, and heatmap overlays of the worst cases per defect type.')
     parser.add_argument('--checkpoint', type=pathlib.Path, required=True,
                         help='checkpoint written by hetnet-train')
     parser.add_argument('--data', type=pathlib.Path, required=True,
@@ -272,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='images per forward pass (default: %(default)s)')
     parser.add_argument('--overlays-per-type', type=int, default=3,
                         help='worst cases per defect type saved as heatmap overlay PNGs '
+                             '(default: %(default)s)')
+    parser.add_argument('--worst-cases', type=int, default=4,
+                        help='normal and defective images per row of worst_cases.png; 0 writes no grid '
                              '(default: %(default)s)')
     parser.add_argument('--save-f1-checkpoint', type=pathlib.Path, default=None,
                         help='also write a copy of the checkpoint with the F1-optimal threshold of this '
@@ -288,12 +420,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
     if args.overlays_per_type < 0:
         parser.error(f'--overlays-per-type must be at least 0, got {args.overlays_per_type}')
+    if args.worst_cases < 0:
+        parser.error(f'--worst-cases must be at least 0, got {args.worst_cases}')
     if args.max_images_per_type is not None and args.max_images_per_type < 1:
         parser.error(f'--max-images-per-type must be at least 1, got {args.max_images_per_type}')
     logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stdout)
     try:
-        evaluate(args.checkpoint, args.data, args.output, args.max_images_per_type, args.device,
-                 args.batch_size, args.overlays_per_type, not args.no_progress, args.save_f1_checkpoint)
+        evaluate(args.checkpoint, args.data, args.output, max_images_per_type=args.max_images_per_type,
+                 device=args.device, batch_size=args.batch_size, overlays_per_type=args.overlays_per_type,
+                 progress=not args.no_progress, f1_checkpoint=args.save_f1_checkpoint,
+                 worst_cases=args.worst_cases)
     except (CheckpointError, DatasetError, ValueError, OSError) as error:
         logger.error('hetnet-eval failed: %s', error)
         return 1

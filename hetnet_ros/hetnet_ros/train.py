@@ -5,7 +5,10 @@ statistics on the training images, train the student with Adam, calibrate the de
 threshold on the held-out images, and save a checkpoint (see `hetnet_ros.checkpoint`).
 The defaults are the paper's training settings (Yu et al., "Noise Fusion-based
 Distillation Learning for Anomaly Detection in Complex Industrial Environments"):
-256 px, Adam with lr 0.005 and betas (0.5, 0.999), alpha 0.1, 200 epochs, batch 16.
+256 px, levels 1-3, Adam with lr 0.005 and betas (0.5, 0.999), alpha 0.1, 200 epochs,
+batch 16, both teachers, ALGF and 'mgd' noise. The teachers are the offline ones unless
+named (see `resolve_config`), and the anomaly-map sigma of 4 px comes from the
+reverse-distillation reference code (see `HetNetConfig`).
 
 Multi-GPU training runs one process per GPU under torchrun, for example
 ``torchrun --nproc_per_node 4 -m hetnet_ros.train --data DATA --device cuda``. Each
@@ -36,7 +39,8 @@ from hetnet_ros.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from hetnet_ros.data.mvtec import DatasetError, MVTecDataset, Sample, find_samples, spread_indices
 from hetnet_ros.inference import infer_raw
 from hetnet_ros.model import HetNet, HetNetConfig
-from hetnet_ros.model.config import HUB_WEIGHTS, IMAGENET_MEAN, IMAGENET_STD, NOISE_TYPES, TEACHER_MODES
+from hetnet_ros.model.config import (
+    HUB_WEIGHTS, IMAGENET_MEAN, IMAGENET_STD, LOSS_COSINES, NOISE_SIZES, NOISE_TYPES, TEACHER_MODES)
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +60,18 @@ class TrainOptions:
     betas: tuple[float, float] = (0.5, 0.999)
     alpha: float = 0.1
     image_size: int = 256
+    levels: tuple[int, ...] = (1, 2, 3)
+    sigma: float = 4.0
     cnn_teacher: Optional[str] = None
     cnn_weights: Optional[str] = None
     transformer_teacher: Optional[str] = None
     transformer_weights: Optional[str] = None
     teacher_mode: str = 'both'
     noise: str = 'mgd'
+    noise_size: str = 'uniform_scale'
+    noise_scale_max: float = 1.0
+    noise_centered: bool = True
+    loss_cosine: str = 'per_position'
     use_algf: bool = True
     normalization_mean: Optional[tuple[float, float, float]] = None
     normalization_std: Optional[tuple[float, float, float]] = None
@@ -74,6 +84,7 @@ class TrainOptions:
     device: str = 'auto'
     resume: Optional[pathlib.Path] = None
     save_every: int = 10
+    max_train_time_s: Optional[float] = None
     workers: int = 0
     progress: bool = True
 
@@ -117,8 +128,10 @@ def resolve_config(options: TrainOptions) -> HetNetConfig:
     fields['normalization_mean'] = tuple(options.normalization_mean or default_mean)
     fields['normalization_std'] = tuple(options.normalization_std or default_std)
     return HetNetConfig(
-        teacher_mode=options.teacher_mode, image_size=options.image_size, use_algf=options.use_algf,
-        noise=options.noise, alpha=options.alpha, **fields)
+        teacher_mode=options.teacher_mode, image_size=options.image_size, levels=tuple(options.levels),
+        sigma=options.sigma, use_algf=options.use_algf, noise=options.noise, noise_size=options.noise_size,
+        noise_scale_max=options.noise_scale_max, noise_centered=options.noise_centered,
+        loss_cosine=options.loss_cosine, alpha=options.alpha, **fields)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -308,12 +321,18 @@ def _train(options: TrainOptions, samples: list[Sample], train_indices: list[int
                                    loss_history, device, distributed, started)
 
     calibration, metadata = None, {}
+    epochs_started = time.monotonic()
     for epoch in range(start.start_epoch, options.epochs):
         mean_loss = _train_one_epoch(trained_model, optimizer, train_set, options, epoch, device, distributed)
         loss_history.append(mean_loss)
         logger.info('epoch %d/%d: mean loss %.5f', epoch + 1, options.epochs, mean_loss)
-        if (epoch + 1) % options.save_every == 0 or epoch + 1 == options.epochs:
+        out_of_time = _time_limit_reached(options, epochs_started, device, distributed)
+        if (epoch + 1) % options.save_every == 0 or epoch + 1 == options.epochs or out_of_time:
             calibration, metadata = calibrate_and_save(epoch + 1)
+        if out_of_time and epoch + 1 < options.epochs:
+            logger.info('stopped after epoch %d of %d: the training time limit of %g s is reached',
+                        epoch + 1, options.epochs, options.max_train_time_s)
+            break
     if start.start_epoch >= options.epochs:
         # No epoch ran (resumed at or beyond --epochs): recalibrate and save anyway, so the
         # output reflects the current calibration options.
@@ -338,6 +357,18 @@ def _calibrate_and_save(
     if distributed.enabled:
         torch.distributed.barrier()
     return calibration, metadata
+
+
+def _time_limit_reached(options: TrainOptions, epochs_started: float, device: torch.device,
+                        distributed: DistributedContext) -> bool:
+    if options.max_train_time_s is None:
+        return False
+    elapsed_s = time.monotonic() - epochs_started
+    reached = torch.tensor([float(elapsed_s >= options.max_train_time_s)], device=device)
+    if distributed.enabled:
+        # All processes must stop after the same epoch, so the slowest clock decides.
+        torch.distributed.all_reduce(reached, op=torch.distributed.ReduceOp.MAX)
+    return bool(reached.item())
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -436,6 +467,8 @@ def _validate_options(options: TrainOptions) -> None:
         (len(options.betas) == 2 and all(0.0 <= beta < 1.0 for beta in options.betas),
          f'Adam betas must be two numbers in [0, 1), got {options.betas}'),
         (options.save_every >= 1, f'save interval must be >= 1 epoch, got {options.save_every}'),
+        (options.max_train_time_s is None or options.max_train_time_s > 0,
+         f'max train time must be > 0 seconds, got {options.max_train_time_s}'),
         (options.workers >= 0, f'data loader workers must be >= 0, got {options.workers}'),
         (options.max_train_images is None or options.max_train_images >= 2,
          f'max train images must be >= 2 (training plus held-out), got {options.max_train_images}'),
@@ -453,6 +486,8 @@ def _log_settings(options, config, device, distributed, train_count, holdout_cou
     logger.info('  device: %s, seed: %d, processes: %d', device, options.seed, distributed.world_size)
     logger.info('  epochs: %d (starting after epoch %d), batch size: %d, save every %d epochs',
                 options.epochs, start_epoch, options.batch_size, options.save_every)
+    if options.max_train_time_s is not None:
+        logger.info('  training time limit: %g s (checked after every epoch)', options.max_train_time_s)
     logger.info('  Adam lr %g, betas %s', options.learning_rate, tuple(options.betas))
     logger.info('  threshold: %.3f quantile of held-out scores, margin %.3f',
                 options.quantile, options.margin)
@@ -517,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help='Adam learning rate (default: %(default)s)')
     schedule.add_argument('--betas', type=float, nargs=2, default=defaults.betas, metavar=('BETA1', 'BETA2'),
                           help='Adam betas (default: 0.5 0.999)')
+    schedule.add_argument('--max-train-time-s', type=float, default=None,
+                          help='stop after the first epoch that ends this many seconds after the first '
+                               'epoch started, then calibrate and save (default: no limit)')
     schedule.add_argument('--save-every', type=int, default=defaults.save_every,
                           help='save a calibrated checkpoint every N epochs and after the last epoch '
                                '(default: %(default)s)')
@@ -552,8 +590,14 @@ def build_parser() -> argparse.ArgumentParser:
                  '--cnn-teacher wide_resnet50_2 --transformer-teacher swin_tiny_patch4_window7_224.ms_in22k '
                  '(weights from the timm hub).')
     model.add_argument('--image-size', type=int, default=defaults.image_size,
-                       help='side of the square model input in pixels, a multiple of 32 '
-                            '(default: %(default)s)')
+                       help='side of the square model input in pixels, a multiple of 2 ** (max level + 2), '
+                            'which is 32 for levels 1-3 (default: %(default)s)')
+    model.add_argument('--levels', type=int, nargs='+', default=list(defaults.levels), metavar='K',
+                       help='consecutive teacher levels; level k has stride 2 ** (k + 1) pixels '
+                            '(default: 1 2 3)')
+    model.add_argument('--sigma', type=float, default=defaults.sigma,
+                       help='standard deviation in pixels of the Gaussian that smooths the anomaly map; '
+                            '0 disables smoothing (default: %(default)s)')
     model.add_argument('--cnn-teacher', default=None, help='timm name of the CNN teacher')
     model.add_argument('--cnn-weights', default=None,
                        help="CNN teacher weights: 'hub', 'random', 'efficientnet-lite0-package' or a "
@@ -566,6 +610,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help='teachers to use, for ablations (default: %(default)s)')
     model.add_argument('--noise', choices=NOISE_TYPES, default=defaults.noise,
                        help='noise added for the denoising student, for ablations (default: %(default)s)')
+    model.add_argument('--noise-size', choices=NOISE_SIZES, default=defaults.noise_size,
+                       help="how the noise's random size is drawn: a per-image factor from Uniform(0, "
+                            "--noise-scale-max), always --noise-scale-max, or --noise-scale-max inside one "
+                            'random rectangle per image and 0 outside (default: %(default)s)')
+    model.add_argument('--noise-scale-max', type=float, default=defaults.noise_scale_max,
+                       help='largest noise factor, see --noise-size (default: %(default)s)')
+    model.add_argument('--uncentered-noise', action='store_true',
+                       help="add the raw multivariate Gaussian sample xi instead of xi - mu for noise 'mgd'")
+    model.add_argument('--loss-cosine', choices=LOSS_COSINES, default=defaults.loss_cosine,
+                       help="cosine distance of the loss: 'per_position' along channels at every "
+                            "position (the paper's equation (3)) or 'flattened' between whole feature "
+                            'maps (default: %(default)s)')
     model.add_argument('--no-algf', action='store_true',
                        help='replace ALGF fusion by concatenation (ablation)')
     model.add_argument('--alpha', type=float, default=defaults.alpha,
@@ -583,14 +639,18 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(
         data=args.data, output=args.output, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, betas=tuple(args.betas), alpha=args.alpha,
-        image_size=args.image_size, cnn_teacher=args.cnn_teacher, cnn_weights=args.cnn_weights,
+        image_size=args.image_size, levels=tuple(args.levels), sigma=args.sigma,
+        cnn_teacher=args.cnn_teacher, cnn_weights=args.cnn_weights,
         transformer_teacher=args.transformer_teacher, transformer_weights=args.transformer_weights,
-        teacher_mode=args.teacher_mode, noise=args.noise, use_algf=not args.no_algf,
+        teacher_mode=args.teacher_mode, noise=args.noise, noise_size=args.noise_size,
+        noise_scale_max=args.noise_scale_max, noise_centered=not args.uncentered_noise,
+        loss_cosine=args.loss_cosine, use_algf=not args.no_algf,
         normalization_mean=tuple(args.normalization_mean) if args.normalization_mean else None,
         normalization_std=tuple(args.normalization_std) if args.normalization_std else None,
         max_train_images=args.max_train_images, holdout_fraction=args.holdout_fraction,
         holdout_images=args.holdout_images, quantile=args.quantile, margin=args.margin, seed=args.seed,
-        device=args.device, resume=args.resume, save_every=args.save_every, workers=args.workers,
+        device=args.device, resume=args.resume, save_every=args.save_every,
+        max_train_time_s=args.max_train_time_s, workers=args.workers,
         progress=not args.no_progress)
 
 

@@ -108,3 +108,38 @@ def test_dict_round_trip():
 def test_low_must_be_below_threshold():
     with pytest.raises(ValueError, match='below threshold'):
         Calibration(threshold=1.0, low=1.0, method=METHOD_NORMAL_QUANTILE, normal_count=1)
+
+
+def test_single_normal_image():
+    calibration = calibrate([0.3])
+    assert calibration.method == METHOD_NORMAL_QUANTILE
+    assert calibration.threshold > 0.3, 'the one calibration image must count as normal'
+    assert calibration.threshold == pytest.approx(0.3, abs=1e-5), 'no spread, so only the minimum step is added'
+    assert calibration.normalize(0.3) < 0.5
+
+
+def test_empty_defect_list_means_normal_only():
+    assert calibrate([0.3, 0.5], []) == calibrate([0.3, 0.5]), 'no defect scores must fall back to the quantile'
+
+
+def test_defects_scoring_below_normals():
+    # An inverted model: the best F1 flags every image, so the threshold is the lowest
+    # defect score and every normal image counts as defective.
+    calibration = calibrate([0.8, 0.9], [0.1, 0.2])
+    assert calibration.method == METHOD_F1_OPTIMAL
+    assert calibration.threshold == pytest.approx(0.1)
+    assert calibration.f1 == pytest.approx(2 / 3)
+    assert calibration.low < calibration.threshold
+    assert calibration.normalize(0.8) == 1.0, 'normal images above the threshold normalise to 1'
+
+
+def test_constant_scores_with_defects():
+    calibration = calibrate([0.5], [0.5, 0.5])
+    assert calibration.threshold == pytest.approx(0.5)
+    assert calibration.f1 == pytest.approx(0.8), 'every image is flagged: 2 true and 1 false positive'
+    assert calibration.normalize(0.5) == pytest.approx(0.5)
+
+
+def test_non_finite_defect_scores_rejected():
+    with pytest.raises(ValueError, match='anomalous_scores contain NaN'):
+        calibrate([0.3, 0.5], [np.inf])

@@ -4,6 +4,7 @@ import json
 import math
 import pathlib
 import shutil
+import types
 
 import cv2
 import numpy as np
@@ -11,9 +12,11 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from hetnet_ros.checkpoint import read_checkpoint
-from hetnet_ros.evaluate import _json_safe, main
+from hetnet_ros.evaluate import GRID_CELL_MIN_SIZE, ScoredTestSet, _json_safe, compute_metrics, main
+from hetnet_ros.metrics import pixel_aupro
 
 DEFECT_TYPES = ['manipulated_front', 'scratch_head', 'scratch_neck', 'thread_side', 'thread_top']
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 @pytest.fixture(scope='module')
@@ -88,6 +91,30 @@ def test_plots_written(evaluation, report):
     assert any(relative.startswith('overlays/good/') for relative in overlays)
 
 
+def test_pro_and_worst_case_pngs_listed(evaluation, report):
+    output = evaluation[0]
+    plots = report['plots']
+    assert plots['pro'] == 'pro.png', f"report lists the PRO plot as {plots['pro']!r}"
+    assert plots['worst_cases'] == 'worst_cases.png', f"report lists the grid as {plots['worst_cases']!r}"
+    for relative in (plots['roc'], plots['pro'], plots['worst_cases']):
+        data = (output / relative).read_bytes()
+        assert data.startswith(PNG_SIGNATURE), f'{relative} does not start with the PNG signature'
+        assert cv2.imread(str(output / relative)) is not None, f'{relative} does not decode'
+
+
+def test_worst_case_grid_layout(evaluation, report):
+    grid = cv2.imread(str(evaluation[0] / report['plots']['worst_cases']))
+    cell = GRID_CELL_MIN_SIZE  # the 64 px model maps are enlarged to this size
+    # Two rows (2 normal and 10 defective images, 4 per row by default): a 20 px title
+    # strip, the cells and a 36 px caption each.
+    assert grid.shape[1] == 4 * cell + 3 * 4, f'grid width {grid.shape[1]}'
+    assert grid.shape[0] == 2 * (20 + cell + 36), f'grid height {grid.shape[0]}'
+    # The third and fourth normal cells do not exist and stay black.
+    empty_cells = grid[20:20 + cell, 2 * (cell + 4):]
+    assert empty_cells.max() == 0, 'cells without an image must stay black'
+    assert grid[20:20 + cell, :cell].max() > 0, 'the first cell must show an image'
+
+
 def test_f1_checkpoint(evaluation, report):
     payload = read_checkpoint(evaluation[1])
     assert payload['calibration']['method'] == 'f1_optimal'
@@ -101,6 +128,13 @@ def test_missing_checkpoint_exit_status(screw_root, tmp_path, caplog):
                    '--output', str(tmp_path / 'out'), '--no-progress'])
     assert status == 1
     assert 'checkpoint not found' in caplog.text
+
+
+def test_negative_worst_cases_rejected(tiny_checkpoint, screw_root, tmp_path):
+    with pytest.raises(SystemExit) as raised:
+        main(['--checkpoint', str(tiny_checkpoint), '--data', str(screw_root), '--output', str(tmp_path),
+              '--worst-cases', '-1'])
+    assert raised.value.code == 2
 
 
 def test_invalid_batch_size(tiny_checkpoint, screw_root, tmp_path):
@@ -119,7 +153,7 @@ def test_normal_only_test_set(tiny_checkpoint, screw_root, tmp_path):
         shutil.copy(source, data / 'test' / 'good' / source.name)
     output = tmp_path / 'out'
     status = main(['--checkpoint', str(tiny_checkpoint), '--data', str(data), '--output', str(output),
-                   '--device', 'cpu', '--no-progress'])
+                   '--device', 'cpu', '--worst-cases', '1', '--no-progress'])
     assert status == 0
     report = json.loads((output / 'report.json').read_text())
     assert report['overall']['image_auroc'] is None
@@ -127,8 +161,41 @@ def test_normal_only_test_set(tiny_checkpoint, screw_root, tmp_path):
     assert report['threshold']['f1_optimal']['raw'] is None
     assert report['per_defect_type'] == {}
     assert report['plots']['roc'] is None
+    assert report['plots']['pro'] is None, 'no defect regions, so no PRO curve'
+    grid = cv2.imread(str(output / report['plots']['worst_cases']))
+    assert grid is not None, 'the grid of normal images must still be written'
+    expected = (20 + GRID_CELL_MIN_SIZE + 36, GRID_CELL_MIN_SIZE)
+    assert grid.shape[:2] == expected, f'one row of one cell expected, got {grid.shape[:2]}'
     assert len(report['plots']['overlays']) == 2
 
 
 def test_undefined_metrics_written_as_null():
     assert _json_safe({'a': math.nan, 'b': [np.float32(0.5), math.inf]}) == {'a': None, 'b': [0.5, None]}
+
+
+def test_per_type_metrics_match_sklearn():
+    # Each defect type is scored on its own images plus all normal ones.
+    rng = np.random.default_rng(5)
+    defect_types = ['good'] * 4 + ['crack'] * 3 + ['dent'] * 3
+    samples = [types.SimpleNamespace(label=int(name != 'good'), defect_type=name) for name in defect_types]
+    masks = np.zeros((10, 8, 8), dtype=bool)
+    for index in range(4, 10):
+        row, column = rng.integers(0, 6, 2)
+        masks[index, row:row + 2, column:column + 3] = True
+    maps = rng.random((10, 8, 8)) + 0.4 * masks
+    scores = maps.max(axis=(1, 2))
+    results = ScoredTestSet(types.SimpleNamespace(samples=samples), scores, maps, masks)
+
+    for defect_type in ('crack', 'dent'):
+        metrics = compute_metrics(results, results.subset(defect_type))
+
+        chosen = np.array([name in ('good', defect_type) for name in defect_types])
+        labels = np.array([sample.label for sample in samples])[chosen]
+        assert metrics['image_count'] == 7, f'{defect_type}: 3 defective and 4 normal images expected'
+        assert metrics['image_auroc'] == pytest.approx(roc_auc_score(labels, scores[chosen])), \
+            f'{defect_type}: image AUROC differs from scikit-learn'
+        assert metrics['pixel_auroc'] == pytest.approx(
+            roc_auc_score(masks[chosen].ravel(), maps[chosen].ravel())), \
+            f'{defect_type}: pixel AUROC differs from scikit-learn'
+        assert metrics['pixel_aupro'] == pytest.approx(pixel_aupro(masks[chosen], maps[chosen])), \
+            f'{defect_type}: AUPRO must be computed on the same subset'

@@ -162,3 +162,96 @@ def test_classification_counts():
     assert counts['f1'] == 0.5
     assert counts['accuracy'] == 0.5
     assert math.isnan(classification_counts([0], [0.0], 0.5)['precision'])
+
+
+def _reference_aupro(masks, maps, fpr_limit=0.3):
+    """Trace the PRO curve threshold by threshold, with scipy's labelling, as an independent check."""
+    from scipy import ndimage
+
+    normal = ~masks.astype(bool)
+    points = [(0.0, 0.0)]
+    for threshold in np.unique(maps)[::-1]:
+        flagged = maps >= threshold
+        fpr = (flagged & normal).sum() / normal.sum()
+        overlaps = []
+        for image_index, mask in enumerate(masks):
+            labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+            for label in range(1, count + 1):
+                region = labels == label
+                overlaps.append(flagged[image_index][region].mean())
+        points.append((fpr, float(np.mean(overlaps))))
+    fpr, pro = np.array(points).T
+    return area_under_curve(fpr, pro, fpr_limit) / fpr_limit
+
+
+def test_aupro_regions_in_several_images_hand_computed():
+    # Image 0: a 2-pixel region A; image 1: a 1-pixel region B; image 2: normal, with one
+    # high-scoring pixel. 2 regions of weight 1/2 each, 3 * 9 - 3 = 24 normal pixels.
+    masks = np.zeros((3, 3, 3), dtype=np.uint8)
+    masks[0, 0, 0:2] = 1
+    masks[1, 2, 2] = 1
+    maps = np.zeros((3, 3, 3))
+    maps[0, 0, 0] = 0.9  # half of A
+    maps[2, 1, 1] = 0.8  # a false positive on the normal image
+    maps[1, 2, 2] = 0.7  # all of B
+    maps[0, 0, 1] = 0.6  # the rest of A
+    # Curve (FPR, PRO): 0.9 -> (0, 1/4), 0.8 -> (1/24, 1/4), 0.7 -> (1/24, 3/4),
+    # 0.6 -> (1/24, 1) and 0 -> (1, 1).
+    fpr, pro = pro_curve(masks, maps)
+    assert np.allclose(fpr, [0, 0, 1 / 24, 1 / 24, 1 / 24, 1]), f'FPR points {fpr}'
+    assert np.allclose(pro, [0, 1 / 4, 1 / 4, 3 / 4, 1, 1]), f'PRO points {pro}'
+    # Area up to 0.3: PRO 1/4 from 0 to 1/24, then PRO 1 from 1/24 to 0.3.
+    expected = ((1 / 24) * (1 / 4) + (0.3 - 1 / 24)) / 0.3
+    assert pixel_aupro(masks, maps) == pytest.approx(expected)
+
+
+def test_aupro_matches_threshold_sweep():
+    rng = np.random.default_rng(3)
+    masks = np.zeros((4, 12, 12), dtype=np.uint8)
+    masks[0, 1:4, 1:3] = 1
+    masks[0, 8:11, 7:12] = 1  # a second region in the same image
+    masks[1, 5, 5] = masks[1, 6, 6] = 1  # diagonal neighbours: one region
+    masks[2, 0:12, 0] = 1
+    # Image 3 stays normal (empty mask).
+    maps = np.round(rng.random(masks.shape) * 0.6 + masks * 0.3, 2)  # rounding creates ties
+
+    assert pixel_aupro(masks, maps) == pytest.approx(_reference_aupro(masks, maps), abs=1e-9)
+
+
+def test_metrics_with_constant_scores():
+    masks = np.zeros((2, 4, 4), dtype=np.uint8)
+    masks[0, 1:3, 1:3] = 1
+    constant = np.full(masks.shape, 0.3)
+    # One threshold flags every pixel: the PRO curve is the diagonal from (0, 0) to
+    # (1, 1), whose area up to 0.3 is 0.045, normalised 0.15.
+    assert pixel_aupro(masks, constant) == pytest.approx(0.15)
+    assert pixel_auroc(masks, constant) == pytest.approx(0.5)
+    assert image_auroc([0, 1, 0, 1], [0.5] * 4) == pytest.approx(0.5)
+    threshold, f1 = f1_optimal_threshold([0, 1, 0, 1], [0.5] * 4)
+    assert threshold == pytest.approx(0.5), 'the only threshold flags every image'
+    assert f1 == pytest.approx(2 / 3)
+
+
+def test_metrics_with_only_defective_images():
+    assert math.isnan(image_auroc([1, 1, 1], [0.2, 0.5, 0.9])), 'image AUROC needs normal images'
+    threshold, f1 = f1_optimal_threshold([1, 1, 1], [0.2, 0.5, 0.9])
+    assert threshold == pytest.approx(0.2), 'the lowest score flags every defective image'
+    assert f1 == pytest.approx(1.0)
+    # Defective images still have normal pixels, so the pixel metrics are defined.
+    masks = np.zeros((1, 4, 4), dtype=np.uint8)
+    masks[0, 0, 0] = 1
+    maps = np.zeros((1, 4, 4))
+    maps[0, 0, 0] = 1.0
+    assert pixel_auroc(masks, maps) == pytest.approx(1.0)
+    assert pixel_aupro(masks, maps) == pytest.approx(1.0)
+
+
+def test_metrics_with_only_normal_images():
+    assert math.isnan(image_auroc([0, 0], [0.2, 0.3]))
+    empty = np.zeros((2, 4, 4), dtype=np.uint8)
+    maps = np.random.default_rng(4).random((2, 4, 4))
+    assert math.isnan(pixel_auroc(empty, maps)), 'pixel AUROC needs defect pixels'
+    assert math.isnan(pixel_aupro(empty, maps)), 'AUPRO needs defect regions'
+    fpr, pro = pro_curve(empty, maps)
+    assert fpr.size == 0, 'no PRO curve without regions'
+    assert pro.size == 0, 'no PRO curve without regions'

@@ -17,6 +17,32 @@ def test_defaults_follow_paper():
     assert config.alpha == pytest.approx(0.1), 'the paper sets the L_Recon weight to 0.1'
     assert config.sigma == pytest.approx(4.0), 'the anomaly map is smoothed with sigma 4'
     assert config.strides == (4, 8, 16), 'level k must have stride 2 ** (k + 1)'
+    assert config.teacher_mode == 'both', 'the paper fuses a CNN and a Transformer teacher'
+    assert config.use_algf, 'the paper fuses the teachers with ALGF'
+    assert config.noise == 'mgd', 'the paper adds multivariate Gaussian noise'
+    assert config.loss_cosine == 'per_position', "equation (3) averages the per-position cosine distance"
+
+
+def test_ambiguous_choices_default_and_alternatives():
+    config = HetNetConfig()
+
+    assert config.noise_centered, 'centred LMGN noise is the default reading'
+    assert config.noise_size == 'uniform_scale', 'a uniform per-image factor is the default reading'
+    for field, value in [('noise_centered', False), ('noise_size', 'fixed_scale'),
+                         ('noise_size', 'random_region'), ('loss_cosine', 'flattened')]:
+        changed = HetNetConfig(**{field: value})
+        assert getattr(changed, field) == value, f'{field}={value!r} must be selectable'
+
+
+def test_dict_without_new_fields_loads_defaults():
+    # Checkpoints written before noise_size and loss_cosine existed lack both keys.
+    values = HetNetConfig(loss_cosine='flattened', noise_size='fixed_scale').to_dict()
+    del values['loss_cosine'], values['noise_size']
+
+    restored = HetNetConfig.from_dict(values)
+
+    assert restored.loss_cosine == 'per_position', 'a missing loss_cosine must mean the paper default'
+    assert restored.noise_size == 'uniform_scale', 'a missing noise_size must mean the earlier behaviour'
 
 
 def test_offline_default_uses_package_weights():
@@ -60,6 +86,9 @@ def test_from_dict_rejects_unknown_field():
 @pytest.mark.parametrize('field, value, message', [
     ('teacher_mode', 'hybrid', "teacher_mode must be one of .*'hybrid'"),
     ('noise', 'gaussian', "noise must be one of .*'gaussian'"),
+    ('noise_size', 'normal', "noise_size must be one of .*'normal'"),
+    ('loss_cosine', 'mean', "loss_cosine must be one of .*'mean'"),
+    ('noise_centered', 1, 'noise_centered must be True or False'),
     ('image_size', 100, 'image_size must be a positive multiple of 32.*100'),
     ('image_size', 0, 'image_size must be a positive multiple'),
     ('levels', (1, 3), 'consecutive'),

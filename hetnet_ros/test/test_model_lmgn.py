@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hetnet_ros.model.lmgn import LocalGaussianNoise
+from hetnet_ros.model.lmgn import LocalGaussianNoise, statistics_bytes
+from hetnet_ros.model.teachers import TimmTeacher
 
 NUM_IMAGES = 400
 NUM_SAMPLES = 5000
@@ -176,3 +177,98 @@ def test_shape_change_rejected(fitted):
 
     with pytest.raises(ValueError, match='refit'):
         noise.noise([torch.zeros(2, 3, 4, 4), torch.zeros(2, 2, 1, 1)])
+
+
+def test_streamed_statistics_match_numpy():
+    # Uneven batches and a large offset: the streamed mean and the covariance of the
+    # stored float16 features must equal a direct float64 computation on all images.
+    generator = torch.Generator().manual_seed(6)
+    data = torch.randn(23, 4, 3, 2, generator=generator) * torch.tensor([1.0, 2.0, 0.5, 3.0]).view(1, 4, 1, 1)
+    data[:, 1] += 0.7 * data[:, 0]
+    data += 40.0
+    noise = LocalGaussianNoise('mgd')
+
+    noise.fit(iter([[data[:7]], [data[7:9]], [data[9:23]]]))
+
+    values = data.numpy().astype(np.float64)
+    assert noise.num_images == 23, f'fitted on {noise.num_images} images, expected 23'
+    assert np.allclose(noise.mean(0).numpy(), values.mean(axis=0), atol=1e-4), 'streamed mean differs from numpy'
+    for row in range(3):
+        for column in range(2):
+            expected = np.cov(values[:, :, row, column], rowvar=False)
+            actual = noise.covariance(0, row, column).numpy()
+            assert np.allclose(actual, expected, rtol=5e-3, atol=5e-3), \
+                f'covariance at ({row}, {column}) differs from numpy:\n{actual}\nexpected\n{expected}'
+
+
+def test_covariance_position_checked(fitted):
+    noise, _ = fitted
+
+    with pytest.raises(ValueError, match='outside the 2 x 2 map'):
+        noise.covariance(0, 2, 0)
+
+
+def test_nbytes_matches_statistics_bytes(fitted):
+    noise, levels = fitted
+
+    expected = statistics_bytes([3, 2], [(2, 2), (1, 1)], NUM_IMAGES)
+
+    assert noise.nbytes == expected, f'stored {noise.nbytes} bytes, statistics_bytes gives {expected}'
+    assert expected == (3 * 4 + 2 * 1) * (2 * NUM_IMAGES + 4), 'float16 features plus a float32 mean per value'
+
+
+def test_wide_resnet50_statistics_fit_2_gib():
+    # HetNet's CNN teacher WideResNet50 at 256 px and levels 1-3, with random weights so
+    # that nothing is downloaded. Its real channel counts and map sizes set the storage.
+    teacher = TimmTeacher('wide_resnet50_2', 'random', (1, 2, 3), 256, role='cnn_teacher')
+    with torch.no_grad():
+        features = teacher(torch.zeros(1, 3, 256, 256))
+    channels = [feature.shape[1] for feature in features]
+    sizes = [tuple(feature.shape[-2:]) for feature in features]
+
+    size_bytes = statistics_bytes(channels, sizes, 300)
+
+    assert channels == [256, 512, 1024], f'unexpected WideResNet50 channels {channels}'
+    assert size_bytes < 2 * 2**30, f'LMGN statistics of 300 images take {size_bytes / 2**30:.2f} GiB, limit 2 GiB'
+
+
+def test_fixed_scale_noise_has_constant_factor():
+    noise = LocalGaussianNoise('randn', scale_max=0.5, size='fixed_scale')
+    torch.manual_seed(7)
+    zeros = [torch.zeros(NUM_SAMPLES, 4, 2, 2)]
+
+    drawn = noise.noise(zeros)[0]
+
+    # Var(0.5 * z) = 0.25, against E[s^2] * 1 = 0.25 / 3 for a uniform factor.
+    assert abs(drawn.var().item() - 0.25) < 0.02, f'fixed-scale noise variance {drawn.var():.3f}, expected 0.25'
+
+
+def test_random_region_noise_is_one_rectangle():
+    torch.manual_seed(8)
+    noise = LocalGaussianNoise('mgd', scale_max=1.0, ridge=RIDGE, size='random_region')
+    noise.fit(iter([[torch.randn(20, 3, 8, 8), torch.randn(20, 2, 4, 4)]]))
+    zeros = [torch.zeros(64, 3, 8, 8), torch.zeros(64, 2, 4, 4)]
+
+    drawn = noise.noise(zeros)
+
+    for level, level_noise in enumerate(drawn):
+        active = level_noise.abs().sum(dim=1) > 0  # (B, H, W)
+        assert active.flatten(1).any(dim=1).all(), f'level {level}: every image needs a noisy region'
+        rows = active.any(dim=2)
+        columns = active.any(dim=1)
+        for image in range(active.shape[0]):
+            expected = rows[image][:, None] & columns[image][None, :]
+            assert torch.equal(active[image], expected), f'level {level} image {image}: noise is not one rectangle'
+    partial = (drawn[0].abs().sum(dim=1) > 0).flatten(1).float().mean(dim=1)
+    assert (partial < 1).any(), 'some rectangles must leave part of the map without noise'
+    # The same image area at both levels: a shallow position is noisy only if the deep
+    # position that covers it is.
+    shallow = drawn[0].abs().sum(dim=1) > 0
+    deep = drawn[1].abs().sum(dim=1) > 0
+    covering = deep.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    assert not (shallow & ~covering).any(), 'the rectangle must cover the same image area at every level'
+
+
+def test_unknown_noise_size_rejected():
+    with pytest.raises(ValueError, match="size must be one of .*'gaussian'"):
+        LocalGaussianNoise('mgd', size='gaussian')

@@ -34,6 +34,40 @@ def test_defaults_follow_paper():
     assert options.alpha == 0.1
     assert options.epochs == 200
     assert options.batch_size == 16
+    assert options.levels == (1, 2, 3)
+    assert options.sigma == 4.0
+    config = resolve_config(options)
+    assert config.levels == (1, 2, 3)
+    assert config.sigma == 4.0
+    assert (config.teacher_mode, config.use_algf, config.noise) == ('both', True, 'mgd')
+    assert config.loss_cosine == 'per_position'
+    assert options.max_train_time_s is None, 'training must not stop on time by default'
+
+
+def test_ablation_and_ambiguity_flags_reach_config():
+    args = build_parser().parse_args([
+        '--data', 'x', '--levels', '2', '3', '--image-size', '128', '--sigma', '2.5',
+        '--teacher-mode', 'cnn', '--no-algf', '--noise', 'randn', '--noise-size', 'random_region',
+        '--noise-scale-max', '0.5', '--uncentered-noise', '--loss-cosine', 'flattened', '--alpha', '0.2'])
+
+    config = resolve_config(options_from_args(args))
+
+    assert config.levels == (2, 3)
+    assert config.sigma == 2.5
+    assert config.teacher_mode == 'cnn'
+    assert config.use_algf is False
+    assert config.noise == 'randn'
+    assert config.noise_size == 'random_region'
+    assert config.noise_scale_max == 0.5
+    assert config.noise_centered is False
+    assert config.loss_cosine == 'flattened'
+    assert config.alpha == 0.2
+
+
+def test_invalid_levels_rejected_by_config():
+    args = build_parser().parse_args(['--data', 'x', '--levels', '1', '3'])
+    with pytest.raises(ValueError, match='consecutive'):
+        resolve_config(options_from_args(args))
 
 
 def test_help_states_units_and_defaults():
@@ -87,6 +121,7 @@ def test_split_holdout_invalid(count, fraction, images):
     ({'learning_rate': 0.0}, 'learning rate'),
     ({'betas': (0.5, 1.0)}, 'betas'),
     ({'max_train_images': 1}, 'max train images'),
+    ({'max_train_time_s': 0.0}, 'max train time'),
     ({'device': 'tpu'}, 'device'),
     ({'image_size': 100, 'device': 'cpu'}, 'image_size'),
 ])
@@ -175,3 +210,20 @@ def test_torchrun_two_cpu_processes(screw_root, tmp_path):
     payload = read_checkpoint(output)
     assert payload['metadata']['training']['epochs_completed'] == 1
     assert payload['training_state']['epoch'] == 1
+
+
+def test_time_limit_stops_after_first_epoch(screw_root, tmp_path):
+    output = tmp_path / 'limited.pt'
+    options = TrainOptions(
+        data=screw_root, output=output, image_size=64, cnn_teacher='resnet18', cnn_weights='random',
+        teacher_mode='cnn', noise='none', epochs=3, batch_size=4, max_train_images=6, holdout_images=2,
+        max_train_time_s=1e-3, device='cpu', progress=False)
+
+    train(options)
+
+    payload = read_checkpoint(output)
+    training = payload['metadata']['training']
+    assert training['epochs_completed'] == 1, 'a spent time limit must stop after the first epoch'
+    assert len(training['loss_history']) == 1
+    assert payload['training_state']['epoch'] == 1
+    assert payload['calibration']['method'] == 'normal_quantile', 'the stopped run must still be calibrated'

