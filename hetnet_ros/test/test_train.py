@@ -212,6 +212,31 @@ def test_torchrun_two_cpu_processes(screw_root, tmp_path):
     assert payload['training_state']['epoch'] == 1
 
 
+def test_torchrun_ranks_hold_identical_weights(tmp_path):
+    environment = {
+        **os.environ,
+        'PYTHONPATH': os.pathsep.join(
+            filter(None, [str(REPO_ROOT / 'hetnet_ros'), os.environ.get('PYTHONPATH')])),
+        'OMP_NUM_THREADS': '1',
+        'MASTER_ADDR': '127.0.0.1',
+    }
+    worker = pathlib.Path(__file__).with_name('ddp_step_worker.py')
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+               str(worker), str(tmp_path)]
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, \
+        f'torchrun failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}'
+
+    ranks = [torch.load(tmp_path / f'rank{rank}.pt', weights_only=True) for rank in (0, 1)]
+    assert ranks[0]['loss'] != ranks[1]['loss'], 'the ranks must train on different images'
+    changed = [name for name, tensor in ranks[0]['trained'].items()
+               if not torch.equal(tensor, ranks[0]['initial'][name])]
+    assert changed, 'the step must change the trainable weights'
+    for name, tensor in ranks[0]['trained'].items():
+        assert torch.allclose(tensor, ranks[1]['trained'][name], atol=1e-6), \
+            f'{name} differs between ranks after one step'
+
+
 def test_time_limit_stops_after_first_epoch(screw_root, tmp_path):
     output = tmp_path / 'limited.pt'
     options = TrainOptions(
