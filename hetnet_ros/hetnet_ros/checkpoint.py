@@ -174,6 +174,15 @@ def load_checkpoint(path: pathlib.Path | str, device: str | torch.device = 'cpu'
     payload = read_checkpoint(path)
     written_by = payload['metadata'].get('package_version', 'an unknown version')
 
+    # The model id is a hash of the stored weights, configuration and calibration, so a
+    # file damaged after it was written no longer matches its id.
+    stored_id = payload['metadata'].get('model_id')
+    actual_id = compute_model_id(payload['state_dict'], payload['config'], payload['calibration'])
+    if stored_id != actual_id:
+        raise CheckpointError(
+            f'checkpoint {path} is corrupt: its content hashes to {actual_id}, not to its model id '
+            f'{stored_id!r}; copy it again or train it again')
+
     try:
         config = HetNetConfig.from_dict(payload['config'])
         calibration = Calibration.from_dict(payload['calibration'])

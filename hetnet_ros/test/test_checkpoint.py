@@ -8,7 +8,8 @@ import torch
 import hetnet_ros
 from hetnet_ros.calibration import Calibration
 from hetnet_ros.checkpoint import (
-    FORMAT_VERSION, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint)
+    FORMAT_VERSION, CheckpointError, compute_model_id, load_checkpoint, read_checkpoint,
+    save_checkpoint)
 from hetnet_ros.model import HetNet, HetNetConfig
 
 
@@ -23,7 +24,10 @@ def payload(tiny_checkpoint):
 
 
 def _write_modified(payload: dict, path: pathlib.Path, **changes) -> pathlib.Path:
+    """Write the payload with `changes` and a matching model id, as another version would."""
     modified = {**payload, **changes}
+    model_id = compute_model_id(modified['state_dict'], modified['config'], modified['calibration'])
+    modified['metadata'] = {**modified['metadata'], 'model_id': model_id}
     torch.save(modified, path)
     return path
 
@@ -155,4 +159,14 @@ def test_mismatched_weights(payload, tmp_path):
     del state_dict[removed]
     path = _write_modified(payload, tmp_path / 'weights.pt', state_dict=state_dict)
     with pytest.raises(CheckpointError, match='does not match the model layout'):
+        load_checkpoint(path)
+
+
+def test_changed_weights_detected_as_corrupt(payload, tmp_path):
+    state_dict = dict(payload['state_dict'])
+    name = sorted(state_dict)[0]
+    state_dict[name] = state_dict[name] + 1.0
+    path = tmp_path / 'changed.pt'
+    torch.save({**payload, 'state_dict': state_dict}, path)
+    with pytest.raises(CheckpointError, match='is corrupt: its content hashes to'):
         load_checkpoint(path)
