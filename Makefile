@@ -122,3 +122,20 @@ $(FLEXIV_VENV)/.hetnet_ros_msgs: $(FLEXIV_VENV)/.requirements $(MSG_SOURCES) | b
 	$(FLEXIV_ENV) cmake --install build/hetnet_ros_msgs_flexiv > build/cmake-flexiv-install.log 2>&1 \
 		|| (cat build/cmake-flexiv-install.log; exit 1)
 	touch $@
+
+# Benchmarks: hetnet-bench (runtimes and the anomalib peer) and the ROS overhead
+# benchmark. The benchmark-only packages install into .venv. Passing the torch and
+# torchvision pins of requirements.txt along keeps anomalib from replacing PyTorch.
+BENCH_ARGS ?= --output $(CURDIR)/build/bench.jsonl
+
+.PHONY: bench-env bench
+
+bench-env: $(VENV)/.bench
+
+$(VENV)/.bench: requirements-bench.txt $(VENV)/.hetnet_ros
+	@echo "==> Installing the benchmark packages (anomalib, OpenVINO, psutil) into $(VENV)"
+	$(BIN)/pip install --quiet -r requirements-bench.txt $$(grep -E '^torch(vision)?==' requirements.txt)
+	touch $@
+
+bench: bench-env | build
+	$(BIN)/hetnet-bench $(BENCH_ARGS)

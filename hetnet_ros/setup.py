@@ -33,6 +33,7 @@ setup(
             'hetnet-inspect = hetnet_ros.launcher:main',
             'hetnet-export = hetnet_ros.export:main',
             'hetnet-records = hetnet_ros.records_cli:main',
+            'hetnet-bench = hetnet_ros.bench:main',
         ],
     },
 )
