@@ -20,8 +20,10 @@ This module imports no rclpy, so the graph can be checked without ROS.
 """
 
 import dataclasses
+import math
 import os
 import pathlib
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Union
 
@@ -111,6 +113,11 @@ GRAPH_ARGUMENTS = {
 
 # Fast DDS profile that carries large images through shared memory.
 DDS_PROFILE = 'fastdds_large_images.xml'
+
+
+# A relative ROS 2 namespace: tokens of letters, digits and underscores that do not
+# start with a digit, separated by single slashes.
+NAMESPACE_PATTERN = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
 
 
 class GraphConfigError(ValueError):
@@ -299,6 +306,10 @@ def inspection_graph(options: GraphOptions) -> list[NodeSpec]:
     inspection['capture_service'] = 'capture' if on_request else ''
 
     namespace = options.namespace.strip('/')
+    if namespace and not NAMESPACE_PATTERN.fullmatch(namespace):
+        raise GraphConfigError(
+            f'namespace {options.namespace!r} is not a valid ROS name: use letters, digits and '
+            "underscores, tokens separated by '/', none starting with a digit, e.g. 'cell_1'")
     if camera_backend == REALSENSE2_CAMERA:
         driver_parameters = {**REALSENSE2_CAMERA_PARAMETERS, **config.get(REALSENSE2_CAMERA, {})}
         camera_spec = realsense2_camera_spec(driver_parameters, namespace)
@@ -371,6 +382,9 @@ def _graph_topic(namespace: str, name: str) -> str:
 
 def _parse_float(name: str, text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise GraphConfigError(f'{name} must be a number, got {text!r}') from None
+    if not math.isfinite(value):
+        raise GraphConfigError(f'{name} must be a finite number, got {text!r}')
+    return value

@@ -67,8 +67,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     args = build_parser().parse_args(argv)
     try:
-        checkpoint = resolve_checkpoint(args.checkpoint, args.default_checkpoint, args.data)
+        # The test images are checked first, so a data set without them fails before training.
         images = prepare_replay_images(args.data, args.records / 'replay_images', args.views)
+        checkpoint = resolve_checkpoint(args.checkpoint, args.default_checkpoint, args.data)
     except (CheckpointError, DatasetError, ValueError) as error:
         print(f'demo failed: {error}', file=sys.stderr)
         return 1

@@ -43,6 +43,9 @@ from hetnet_ros.bringup import (
     inspection_graph,
 )
 
+# Highest ROS_DOMAIN_ID that Fast DDS's default port mapping accepts on Linux.
+MAX_DOMAIN_ID = 232
+
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
@@ -207,6 +210,14 @@ def main(argv=None) -> int:
     for name in ('timeout_s', 'inspection_timeout_s'):
         if not getattr(args, name) > 0:
             parser.error(f'--{name.replace("_", "-")} must be greater than 0 seconds')
+    domain_id = args.ros_domain_id if args.ros_domain_id is not None else os.environ.get('ROS_DOMAIN_ID')
+    if domain_id not in (None, '') and not _valid_domain_id(domain_id):
+        parser.error(f'ROS domain id {domain_id!r} is invalid: use an integer from 0 to '
+                     f'{MAX_DOMAIN_ID} (--ros-domain-id or ROS_DOMAIN_ID)')
+    if args.report_json:
+        report_path = pathlib.Path(args.report_json)
+        if report_path.is_dir() or not report_path.parent.is_dir():
+            parser.error(f'--report-json {report_path} must be a file in an existing folder')
 
     if args.ros_domain_id is not None:
         os.environ['ROS_DOMAIN_ID'] = str(args.ros_domain_id)
@@ -258,6 +269,13 @@ def check_startable(graph: list[NodeSpec]) -> None:
         raise GraphConfigError(
             f'node {spec.name!r} runs {spec.package}/{spec.executable}, which hetnet-inspect '
             'cannot start; use ros2 launch hetnet_ros inspect.launch.py')
+
+
+def _valid_domain_id(value) -> bool:
+    try:
+        return 0 <= int(value) <= MAX_DOMAIN_ID
+    except ValueError:
+        return False
 
 
 def check_inputs(graph: list[NodeSpec]) -> None:

@@ -472,10 +472,28 @@ def _validate_options(options: TrainOptions) -> None:
         (options.workers >= 0, f'data loader workers must be >= 0, got {options.workers}'),
         (options.max_train_images is None or options.max_train_images >= 2,
          f'max train images must be >= 2 (training plus held-out), got {options.max_train_images}'),
+        (0.0 < options.quantile < 1.0, f'--quantile must be in (0, 1), got {options.quantile}'),
+        (options.margin >= 0.0 and math.isfinite(options.margin),
+         f'--margin must be a finite number >= 0, got {options.margin}'),
+        (not options.output.is_dir(),
+         f'--output {options.output} is a folder; give a file name such as {options.output / "hetnet.pt"}'),
     ]
     for passed, message in checks:
         if not passed:
             raise ValueError(message)
+    _check_output_writable(options.output)
+
+
+def _check_output_writable(output: pathlib.Path) -> None:
+    """Raise OSError now, not after hours of training, when the checkpoint cannot be written."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    probe = output.parent / f'.{output.name}.{os.getpid()}.write-test'
+    try:
+        probe.write_bytes(b'')
+    except OSError as error:
+        raise OSError(f'cannot write the checkpoint to {output}: {error}; choose another --output') from error
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def _log_settings(options, config, device, distributed, train_count, holdout_count, start_epoch) -> None:
@@ -660,8 +678,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Under torchrun only rank 0 reports progress; the other processes log warnings and errors.
     level = logging.INFO if os.environ.get('RANK', '0') == '0' else logging.WARNING
     logging.basicConfig(level=level, format='%(message)s', stream=sys.stdout)
+    options = options_from_args(args)
     try:
-        train(options_from_args(args))
+        train(options)
+    except KeyboardInterrupt:
+        logger.error('hetnet-train interrupted; the last checkpoint saved to %s (if any) is intact, '
+                     'continue with --resume %s', options.output, options.output)
+        return 130
     except (ValueError, OSError, DatasetError, CheckpointError, FloatingPointError) as error:
         logger.error('hetnet-train failed: %s', error)
         return 1

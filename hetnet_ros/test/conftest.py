@@ -20,8 +20,8 @@ def data_root() -> pathlib.Path:
     root = pathlib.Path(os.environ.get('HETNET_DATA', REPO_ROOT.parent / 'shared' / 'data'))
     if not (root / 'mvtec_screw' / 'train' / 'good').is_dir():
         pytest.fail(
-            f'data folder {root} has no mvtec_screw/train/good; set HETNET_DATA to the '
-            'folder that holds mvtec_screw and batteryweld_welding')
+            f'data folder {root} has no mvtec_screw/train/good; point DATA (make test) or '
+            'HETNET_DATA (pytest) at the folder that holds mvtec_screw and batteryweld_welding')
     return root
 
 

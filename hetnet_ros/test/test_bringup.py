@@ -458,3 +458,28 @@ def test_dds_profile_set_by_default():
 ])
 def test_dds_profile_keeps_user_choice(environ):
     assert bringup.dds_environment(environ) == {}
+
+
+@pytest.mark.parametrize('namespace', ['bad name!', '1cell', 'cell//a'])
+def test_invalid_namespace_rejected(namespace):
+    with pytest.raises(bringup.GraphConfigError, match='not a valid ROS name'):
+        bringup.inspection_graph(bringup.GraphOptions(checkpoint='model.pt', images='images', namespace=namespace))
+
+
+def test_non_finite_camera_rate_rejected():
+    with pytest.raises(bringup.GraphConfigError, match='finite number'):
+        bringup.GraphOptions.from_strings({'camera_rate_hz': 'nan'})
+
+
+@pytest.mark.parametrize('arguments', [
+    ['--ros-domain-id', '500'],
+    ['--ros-domain-id', '-1'],
+    ['--report-json', '/nonexistent-folder/report.json'],
+])
+def test_launcher_rejects_invalid_options(arguments, tmp_path, capsys):
+    checkpoint = tmp_path / 'model.pt'
+    checkpoint.write_bytes(b'')
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.main(['--checkpoint', str(checkpoint), '--images', str(tmp_path), *arguments])
+    assert exit_info.value.code == 2
+    assert arguments[1] in capsys.readouterr().err

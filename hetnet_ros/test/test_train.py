@@ -252,3 +252,19 @@ def test_time_limit_stops_after_first_epoch(screw_root, tmp_path):
     assert len(training['loss_history']) == 1
     assert payload['training_state']['epoch'] == 1
     assert payload['calibration']['method'] == 'normal_quantile', 'the stopped run must still be calibrated'
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (['--quantile', '1.5'], '--quantile must be in'),
+    (['--margin', '-1'], '--margin must be'),
+])
+def test_calibration_options_checked_before_training(arguments, message, screw_root, tmp_path, caplog):
+    output = tmp_path / 'model.pt'
+    assert main(['--data', str(screw_root), '--output', str(output), *TINY_ARGS, *arguments]) == 1
+    assert message in caplog.text
+    assert not output.exists()
+
+
+def test_output_folder_rejected_before_training(screw_root, tmp_path, caplog):
+    assert main(['--data', str(screw_root), '--output', str(tmp_path), *TINY_ARGS]) == 1
+    assert 'is a folder' in caplog.text
