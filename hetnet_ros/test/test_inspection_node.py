@@ -179,6 +179,12 @@ class Harness:
         assert self.node.trigger_configure().to_label() == 'transition_success'
         assert self.node.trigger_activate().to_label() == 'transition_success'
         assert self.client.action.wait_for_server(timeout_sec=WAIT_S), 'no inspect_part server'
+        if self.detector is not None:
+            # Discovery of the fake detector's publishers can lag on a loaded machine, and a
+            # view is recorded without its image when the node sees no image publisher.
+            for topic in ('image', 'heatmap', 'verdict'):
+                name = self.node.resolve_topic_name(topic)
+                wait_for(lambda: self.node.count_publishers(name) > 0, f'a publisher on {name}')
 
     def close(self) -> None:
         for node in self.nodes:
