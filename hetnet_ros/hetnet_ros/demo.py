@@ -9,8 +9,9 @@ Steps:
    with `hetnet-inspect`, inspect the part over every pose, print each view's
    score and verdict and the part verdict, and record every view.
 
-The demo model is trained for a few minutes on a CPU, far from the paper's
-200 epochs, so its verdicts show the pipeline working, not HetNet's accuracy.
+The demo model is trained for a few minutes on a CPU, far from the 200 epochs
+of the HetNet paper (Yu et al.), so its verdicts show the pipeline working,
+not HetNet's accuracy.
 """
 
 import argparse

@@ -42,7 +42,7 @@ def infer_raw(
 
 
 class AnomalyDetector(DetectorBase):
-    """A loaded PyTorch model with its calibration, ready to score single RGB images."""
+    """Detector that scores single RGB images with a loaded PyTorch model and its calibration."""
 
     runtime = TORCH
 

@@ -181,7 +181,7 @@ class Harness:
         assert self.client.action.wait_for_server(timeout_sec=WAIT_S), 'no inspect_part server'
         if self.detector is not None:
             # Discovery of the fake detector's publishers can lag on a loaded machine, and a
-            # view is recorded without its image when the node sees no image publisher.
+            # view is recorded without its image when the node has found no image publisher.
             for topic in ('image', 'heatmap', 'verdict'):
                 name = self.node.resolve_topic_name(topic)
                 wait_for(lambda: self.node.count_publishers(name) > 0, f'a publisher on {name}')

@@ -268,9 +268,15 @@ class RobotArm(abc.ABC):
             self,
             pose: Pose,
             max_linear_vel_m_s: float,
-            max_linear_acc_m_s2: float,
+            max_linear_acc_m_s2: Optional[float],
     ) -> tuple[Pose, float, float]:
-        """Validate a move against the argument rules and `limits`; return the clean values."""
+        """Validate a move against the argument rules and `limits` and return the clean values.
+
+        An acceleration of None means the back-end's `_default_linear_acc_m_s2`, which every
+        back-end sets in its constructor.
+        """
+        if max_linear_acc_m_s2 is None:
+            max_linear_acc_m_s2 = self._default_linear_acc_m_s2
         target = validate_pose(pose, label='target pose')
         speed = validate_speed(max_linear_vel_m_s)
         acceleration = validate_acceleration(max_linear_acc_m_s2)

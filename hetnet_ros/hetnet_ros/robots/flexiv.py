@@ -271,8 +271,6 @@ class FlexivArm(RobotArm):
         wait: bool = True,
         max_linear_acc_m_s2: Optional[float] = None,
     ) -> None:
-        if max_linear_acc_m_s2 is None:
-            max_linear_acc_m_s2 = self._default_linear_acc_m_s2
         target, speed, acceleration = self._check_move(pose, max_linear_vel_m_s,
                                                        max_linear_acc_m_s2)
         _check_range('max_linear_vel_m_s', speed, MOVEL_VEL_RANGE_M_S, 'm/s')

@@ -195,8 +195,6 @@ class SimulatedArm(RobotArm):
         wait: bool = True,
         max_linear_acc_m_s2: Optional[float] = None,
     ) -> None:
-        if max_linear_acc_m_s2 is None:
-            max_linear_acc_m_s2 = self._default_linear_acc_m_s2
         target, speed, acceleration = self._check_move(pose, max_linear_vel_m_s,
                                                        max_linear_acc_m_s2)
         timeout = validate_timeout(timeout_s)
