@@ -133,7 +133,7 @@ BENCH_ARGS ?= --output $(CURDIR)/build/bench.jsonl
 bench-env: $(VENV)/.bench
 
 $(VENV)/.bench: requirements-bench.txt $(VENV)/.hetnet_ros
-	@echo "==> Installing the benchmark packages (anomalib, OpenVINO, psutil) into $(VENV)"
+	@echo "==> Installing the benchmark packages (anomalib, psutil) into $(VENV)"
 	$(BIN)/pip install --quiet -r requirements-bench.txt $$(grep -E '^torch(vision)?==' requirements.txt)
 	touch $@
 

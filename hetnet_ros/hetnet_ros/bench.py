@@ -37,6 +37,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from hetnet_ros.prediction import MAP_TOLERANCE
+
 logger = logging.getLogger(__name__)
 
 TORCH_EAGER_FP32 = 'torch-eager-fp32'
@@ -45,12 +47,19 @@ TORCH_COMPILE_FP32 = 'torch-compile-fp32'
 ONNXRUNTIME_FP32 = 'onnxruntime-fp32'
 OPENVINO_FP32 = 'openvino-fp32'
 OPENVINO_BF16 = 'openvino-bf16'
+# OpenVinoAnomalyDetector, the detector's CPU runtime: converted from the checkpoint, with
+# the local teacher and the anomaly map in fp32 also in bf16.
+OPENVINO_DETECTOR_FP32 = 'openvino-detector-fp32'
+OPENVINO_DETECTOR_BF16 = 'openvino-detector-bf16'
 PEER_FP32 = 'peer-rd-fp32'
 PEER_BF16_CHANNELS_LAST = 'peer-rd-bf16-channels-last'
+PEER_OPENVINO_FP32 = 'peer-rd-openvino-fp32'
+PEER_OPENVINO_BF16 = 'peer-rd-openvino-bf16'
 
 HETNET_RUNTIMES = (TORCH_EAGER_FP32, TORCH_BF16_CHANNELS_LAST, TORCH_COMPILE_FP32,
-                   ONNXRUNTIME_FP32, OPENVINO_FP32, OPENVINO_BF16)
-PEER_RUNTIMES = (PEER_FP32, PEER_BF16_CHANNELS_LAST)
+                   ONNXRUNTIME_FP32, OPENVINO_FP32, OPENVINO_BF16, OPENVINO_DETECTOR_FP32,
+                   OPENVINO_DETECTOR_BF16)
+PEER_RUNTIMES = (PEER_FP32, PEER_BF16_CHANNELS_LAST, PEER_OPENVINO_FP32, PEER_OPENVINO_BF16)
 ONNX_RUNTIMES = (ONNXRUNTIME_FP32, OPENVINO_FP32, OPENVINO_BF16)
 # Reference whose maps every other configuration of the same model is compared with.
 REFERENCE = {**{name: TORCH_EAGER_FP32 for name in HETNET_RUNTIMES},
@@ -86,6 +95,9 @@ class Result:
     load_s: Optional[float] = None  # model build or load, compilation excluded
     first_call_s: Optional[float] = None  # first batch-1 call, includes torch.compile compilation
     max_abs_map_diff: Optional[float] = None  # raw anomaly-map units, against REFERENCE[runtime]
+    reference_map_range: Optional[float] = None  # max - min of the reference maps, raw units
+    map_diff_fraction: Optional[float] = None  # max_abs_map_diff / reference_map_range
+    fp32_level_maps: Optional[bool] = None  # map_diff_fraction <= prediction.MAP_TOLERANCE
     reference: Optional[str] = None
     ratio_to_peer: Optional[float] = None  # p50_s / fastest peer p50_s
     iterations: int = 0
@@ -184,6 +196,10 @@ def make_runner(runtime: str, work_dir: pathlib.Path, threads: int, image_size: 
         from hetnet_ros.checkpoint import load_checkpoint
         model = load_checkpoint(work_dir / 'hetnet.pt', 'cpu').model.eval()
         return _torch_runner(runtime, model, threads)
+    if runtime in (OPENVINO_DETECTOR_FP32, OPENVINO_DETECTOR_BF16):
+        return _openvino_detector_runner(work_dir / 'hetnet.pt', threads, runtime == OPENVINO_DETECTOR_BF16)
+    if runtime in (PEER_OPENVINO_FP32, PEER_OPENVINO_BF16):
+        return _peer_openvino_runner(image_size, threads, runtime == PEER_OPENVINO_BF16, work_dir)
     if runtime in PEER_RUNTIMES:
         return _torch_runner(runtime, _build_peer(image_size), threads)
     if runtime == ONNXRUNTIME_FP32:
@@ -277,6 +293,55 @@ def _openvino_runner(path: pathlib.Path, threads: int, bf16: bool) -> Callable:
     def run(images: np.ndarray) -> np.ndarray:
         outputs = request.infer({'images': images})
         return np.asarray(outputs[compiled.output('anomaly_map')])[:, 0]
+
+    return run
+
+
+def _openvino_detector_runner(path: pathlib.Path, threads: int, bf16: bool) -> Callable:
+    try:
+        from hetnet_ros.openvino_inference import OpenVinoAnomalyDetector
+    except ImportError as error:
+        raise RuntimeError(f'openvino is not installed ({error})') from error
+
+    detector = OpenVinoAnomalyDetector.from_checkpoint(path, 'bf16' if bf16 else 'fp32', threads)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        return detector.infer_batch(images)[1]
+
+    return run
+
+
+def _peer_openvino_runner(image_size: int, threads: int, bf16: bool, work_dir: pathlib.Path) -> Callable:
+    # OpenVINO's PyTorch frontend has no conversion for aten::cosine_similarity (2026.4),
+    # which the peer's anomaly map uses, so the peer goes through an ONNX export.
+    import torch
+
+    try:
+        import openvino
+    except ImportError as error:
+        raise RuntimeError(f'openvino is not installed ({error}); run make bench-env') from error
+
+    class PeerMap(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            return self.model(images).anomaly_map
+
+    example = torch.rand(1, 3, image_size, image_size)
+    path = work_dir / f'peer-{os.getpid()}.onnx'
+    torch.onnx.export(PeerMap(_build_peer(image_size)), (example,), str(path), dynamo=True)
+    converted = openvino.Core().read_model(str(path))
+    properties = {'INFERENCE_NUM_THREADS': threads, 'PERFORMANCE_HINT': 'LATENCY',
+                  'INFERENCE_PRECISION_HINT': 'bf16' if bf16 else 'f32'}
+    compiled = openvino.Core().compile_model(converted, 'CPU', properties)
+    request = compiled.create_infer_request()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        maps = [np.asarray(request.infer([images[index:index + 1]])[compiled.outputs[0]])[:, 0]
+                for index in range(len(images))]
+        return np.concatenate(maps)
 
     return run
 
@@ -398,9 +463,13 @@ def compare_maps(results: Sequence[Result], work_dir: pathlib.Path) -> None:
         if not reference_path.is_file():
             continue
         maps = np.load(work_dir / f'maps-{result.runtime}.npy').astype(np.float64)
+        reference_maps = np.load(reference_path).astype(np.float64)
         result.reference = reference
-        # TODO: report the reference map range too, so a difference can be judged in scale.
-        result.max_abs_map_diff = float(np.max(np.abs(maps - np.load(reference_path))))
+        result.max_abs_map_diff = float(np.max(np.abs(maps - reference_maps)))
+        result.reference_map_range = float(reference_maps.max() - reference_maps.min())
+        if result.reference_map_range > 0:
+            result.map_diff_fraction = result.max_abs_map_diff / result.reference_map_range
+            result.fp32_level_maps = result.map_diff_fraction <= MAP_TOLERANCE
 
 
 def fill_peer_ratios(results: Sequence[Result]) -> None:

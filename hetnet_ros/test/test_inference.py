@@ -224,11 +224,11 @@ def test_onnx_path_imports_no_torch(tiny_onnx):
 
 
 def test_load_detector_picks_runtime_by_suffix(tiny_checkpoint, tiny_onnx):
-    torch_detector, torch_reason = load_detector(tiny_checkpoint, device='cpu')
+    torch_detector, torch_reason = load_detector(tiny_checkpoint, 'torch', device='cpu')
     onnx_detector, onnx_reason = load_detector(tiny_onnx, device='cpu')
 
     assert isinstance(torch_detector, AnomalyDetector)
-    assert torch_reason.startswith('runtime torch on cpu')
+    assert torch_reason.startswith('runtime torch on cpu in fp32')
     assert isinstance(onnx_detector, OnnxAnomalyDetector)
     assert onnx_reason.startswith('runtime onnxruntime with CPUExecutionProvider')
     assert "runtime 'auto' runs .onnx files with ONNX Runtime" in onnx_reason
