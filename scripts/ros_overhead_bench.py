@@ -10,12 +10,19 @@ that lasts until the first verdict arrives, it measures for --duration-s seconds
 - processed rate: verdicts received per second;
 - dropped frames: images sent that got no verdict (the node keeps only the newest image
   while the model runs, so at a model time above the frame period most frames drop);
-- latency from the image stamp to the verdict's arrival here (p50/p95), the model time
-  the node reports in the verdict (inference_time_s, preprocessing included), and their
-  difference, the overhead of DDS transport, decoding, postprocessing and publishing;
-  NOTE: the overhead also contains the wait of the image in the node's one-image slot
-  (0 to one frame period), because the verdict does not say when the worker took it;
+- latency from the image stamp to the verdict's arrival here (p50/p95);
+- model time as the node reports it in the verdict (inference_time_s: resizing, forward
+  pass and postprocessing);
+- queue time as the node reports it in the verdict (queue_time_s: the wait of the image
+  in the node's one-image slot until the worker took it, 0 to one frame period while the
+  model is slower than the stream);
+- overhead: latency minus model time, which includes the queue time, and overhead
+  excluding the queue time (latency minus model time minus queue time), which is left
+  for DDS transport both ways, decoding and building and publishing the verdict;
 - the node process's resident memory at the start and end of the window.
+
+Each p50/p95 pair is taken over the verdicts of the window separately, so the p50 of
+the overhead is not the p50 of the latency minus the p50 of the model time.
 
 It prints one JSON object and writes it to --output when given.
 
@@ -105,12 +112,13 @@ def run(options: argparse.Namespace) -> dict:
         image_qos.reliability = qos_profile_sensor_data.reliability
         image_qos.history = qos_profile_sensor_data.history
         publisher = node.create_publisher(Image, 'image', image_qos)
-        received: list[tuple[float, float, float]] = []  # (receive time, stamp, inference_time_s)
+        # (receive time, stamp, inference_time_s, queue_time_s), times in seconds
+        received: list[tuple[float, float, float, float]] = []
         node.create_subscription(
             DefectVerdict, 'verdict',
             lambda verdict: received.append((
                 time.time(), verdict.header.stamp.sec + verdict.header.stamp.nanosec * 1e-9,
-                float(verdict.inference_time_s))),
+                float(verdict.inference_time_s), float(verdict.queue_time_s))),
             10)
 
         message = Image(height=options.height, width=options.width, encoding='rgb8',
@@ -165,9 +173,12 @@ def run(options: argparse.Namespace) -> dict:
         rclpy.shutdown()
         exit_status = stop_detector(detector)
 
-    latencies = [receive - stamp for receive, stamp, _ in received]
-    inference = [inference_s for _, _, inference_s in received]
+    latencies = [receive - stamp for receive, stamp, _, _ in received]
+    inference = [inference_s for _, _, inference_s, _ in received]
+    queue = [queue_s for _, _, _, queue_s in received]
     overheads = [latency - inference_s for latency, inference_s in zip(latencies, inference)]
+    overheads_without_queue = [
+        overhead - queue_s for overhead, queue_s in zip(overheads, queue)]
     return {
         'checkpoint': str(options.checkpoint), 'runtime': options.runtime,
         'width': options.width, 'height': options.height, 'rate_hz': options.rate_hz,
@@ -176,7 +187,10 @@ def run(options: argparse.Namespace) -> dict:
         'send_rate_hz': sent / window_s,
         'latency_p50_s': percentile(latencies, 50), 'latency_p95_s': percentile(latencies, 95),
         'inference_p50_s': percentile(inference, 50), 'inference_p95_s': percentile(inference, 95),
+        'queue_p50_s': percentile(queue, 50), 'queue_p95_s': percentile(queue, 95),
         'overhead_p50_s': percentile(overheads, 50), 'overhead_p95_s': percentile(overheads, 95),
+        'overhead_excluding_queue_p50_s': percentile(overheads_without_queue, 50),
+        'overhead_excluding_queue_p95_s': percentile(overheads_without_queue, 95),
         'rss_start_mib': rss_start_mib, 'rss_end_mib': rss_end_mib,
         'detector_exit_status': exit_status,
     }
@@ -185,7 +199,8 @@ def run(options: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(
         'Stream rgb8 images through the detector node over DDS and measure processed rate, '
-        'dropped frames, stamp-to-verdict latency, overhead beyond model time and node memory.'))
+        'dropped frames, stamp-to-verdict latency, model and queue time, overhead beyond model '
+        'time with and without the queue time, and node memory.'))
     parser.add_argument('--checkpoint', type=pathlib.Path, default=DEFAULT_CHECKPOINT,
                         help=f'checkpoint (.pt) or ONNX export (.onnx) for the node (default {DEFAULT_CHECKPOINT})')
     parser.add_argument('--runtime', default='auto', help="the node's runtime parameter (default 'auto')")

@@ -113,7 +113,7 @@ class OpenVinoAnomalyDetector(DetectorBase):
         if precision not in PRECISIONS:
             raise ValueError(
                 f"precision for runtime 'openvino' must be one of {', '.join(PRECISIONS)}, "
-                f'got {precision!r}')
+                f"got {precision!r}; fp16 runs on CUDA devices with runtime 'torch'")
         core = openvino.Core()
         if precision == PRECISION_BF16 and not cpu_supports_bf16(core):
             raise ValueError(

@@ -4,6 +4,7 @@ Plots use matplotlib's Agg canvas directly, so importing this module never chang
 global matplotlib backend and works without a display.
 """
 
+import functools
 import pathlib
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -16,7 +17,8 @@ COLORMAPS = {'jet': cv2.COLORMAP_JET, 'turbo': cv2.COLORMAP_TURBO}
 def colorize(anomaly_map: np.ndarray, colormap: str = 'jet') -> np.ndarray:
     """Convert a normalised (H, W) map to an RGB uint8 (H, W, 3) false-colour image.
 
-    Values are clipped to [0, 1]; 0 is blue and 1 is red in both colormaps.
+    Values are clipped to [0, 1] and scaled to round(255 * value), rounding half to even.
+    0 is blue and 1 is red in both colormaps.
     """
     if colormap not in COLORMAPS:
         raise ValueError(f'unknown colormap {colormap!r}; use one of {sorted(COLORMAPS)}')
@@ -25,8 +27,21 @@ def colorize(anomaly_map: np.ndarray, colormap: str = 'jet') -> np.ndarray:
         raise ValueError(f'anomaly map must have shape (H, W), got {values.shape}')
     if not np.all(np.isfinite(values)):
         raise ValueError('anomaly map contains NaN or inf values')
-    scaled = np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(scaled, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
+    # convertScaleAbs multiplies in float32 and rounds half to even like np.round (OpenCV
+    # 4.14), and the clipped values are non-negative, so its bytes equal
+    # np.round(values * 255) in one pass.
+    scaled = cv2.convertScaleAbs(np.clip(values, 0.0, 1.0), alpha=255.0)
+    return cv2.applyColorMap(scaled, _rgb_lookup_table(colormap))
+
+
+@functools.cache
+def _rgb_lookup_table(colormap: str) -> np.ndarray:
+    """Return the OpenCV colormap as a (256, 1, 3) uint8 lookup table in RGB order."""
+    gray_levels = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    bgr = cv2.applyColorMap(gray_levels, COLORMAPS[colormap])
+    table = np.ascontiguousarray(bgr[:, :, ::-1])
+    table.flags.writeable = False  # shared by every call through the cache
+    return table
 
 
 def heatmap_overlay(

@@ -3,6 +3,7 @@
 The model runs as a PyTorch checkpoint and as its ONNX export.
 """
 
+import array
 import os
 import pathlib
 import subprocess
@@ -24,10 +25,12 @@ from sensor_msgs.msg import Image
 from hetnet_ros import export
 from hetnet_ros.data.mvtec import read_image
 from hetnet_ros.imaging import decode_float_map, decode_image
-from hetnet_ros.nodes.common import SENSOR_QOS, LatestSlot, start_lifecycle_node
+from hetnet_ros.nodes.common import SENSOR_QOS, LatestSlot, image_message, start_lifecycle_node
 from hetnet_ros.nodes.detector_node import DetectorNode
 
 WAIT_TIMEOUT_S = 30.0
+# How long test_queue_time_counts_busy_worker keeps the worker busy with one image.
+BUSY_HOLD_S = 0.3
 REPUBLISH_PERIOD_S = 3.0
 PROCESS_TIMEOUT_S = 90.0
 PACKAGE_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,7 +56,8 @@ class Probe:
         self.node = rclpy.create_node('detector_probe', context=context, namespace=namespace)
         self.publisher = self.node.create_publisher(Image, 'image', SENSOR_QOS)
         self.maps, self.heatmaps, self.verdicts, self.diagnostics = [], [], [], []
-        self.node.create_subscription(Image, 'anomaly_map', self.maps.append, 10)
+        self.map_subscription = self.node.create_subscription(
+            Image, 'anomaly_map', self.maps.append, 10)
         self.node.create_subscription(Image, 'heatmap', self.heatmaps.append, 10)
         self.node.create_subscription(DefectVerdict, 'verdict', self.verdicts.append, 10)
         self.node.create_subscription(
@@ -113,9 +117,10 @@ def run_graph(parameters, namespace: str = ''):
 
 @pytest.fixture(scope='module')
 def graph(tiny_checkpoint):
-    """A started detector node running the checkpoint with PyTorch, and a probe node."""
+    """A started detector node running the checkpoint with PyTorch in fp32, and a probe node."""
     yield from run_graph([
-        Parameter('checkpoint', value=str(tiny_checkpoint)), Parameter('device', value='cpu')])
+        Parameter('checkpoint', value=str(tiny_checkpoint)), Parameter('device', value='cpu'),
+        Parameter('runtime', value='torch'), Parameter('precision', value='fp32')])
 
 
 @pytest.fixture(scope='module')
@@ -216,6 +221,7 @@ def test_image_to_map_heatmap_verdict(graph, screw_rgb, reference_map, encoding,
     assert verdict.is_anomalous == (verdict.pred_score >= verdict.threshold)
     assert 0.0 <= verdict.pred_score <= 1.0, 'pred_score is normalised to [0, 1]'
     assert verdict.inference_time_s > 0.0
+    assert verdict.queue_time_s >= 0.0
     assert len(verdict.region_scores) == len(verdict.anomalous_regions)
     for region in verdict.anomalous_regions:
         assert region.x_offset + region.width <= INPUT_WIDTH
@@ -275,6 +281,114 @@ def test_newest_frame_wins(graph, screw_rgb):
 
     assert stats.frames_processed + stats.frames_dropped + stats.bad_messages \
         + stats.inference_errors == stats.frames_received
+
+
+def test_queue_time_counts_busy_worker(graph, screw_rgb):
+    detector, probe = graph
+    model = detector.detector
+    entered, release = threading.Event(), threading.Event()
+    calls = []
+
+    def predict_blocking_first_call(rgb):
+        calls.append(rgb)
+        if len(calls) == 1:
+            entered.set()
+            release.wait(WAIT_TIMEOUT_S)
+        return type(model).predict(model, rgb)
+
+    stored_stamps = []
+    put = detector._slot.put
+
+    def record_put(item):
+        stored_stamps.append(item[0].header.stamp)
+        return put(item)
+
+    first, second = make_image('rgb8', screw_rgb), make_image('rgb8', screw_rgb)
+    model.predict = predict_blocking_first_call
+    detector._slot.put = record_put
+    try:
+        probe.publish_until(first, entered.is_set, 'the worker to start on the first image')
+        probe.publish_until(
+            second, lambda: second.header.stamp in stored_stamps,
+            'the second image to arrive while the worker is busy')
+        # The second image arrived before this point, so it waits at least BUSY_HOLD_S.
+        time.sleep(BUSY_HOLD_S)
+    finally:
+        release.set()
+        del model.predict
+        del detector._slot.put
+
+    wait_for(lambda: probe.outputs_for(second.header.stamp)[2] is not None,
+             description='the verdict of the second image')
+    first_verdict = probe.outputs_for(first.header.stamp)[2]
+    second_verdict = probe.outputs_for(second.header.stamp)[2]
+    assert first_verdict is not None
+    assert first_verdict.queue_time_s >= 0.0
+    assert second_verdict.queue_time_s >= float(np.float32(BUSY_HOLD_S)), \
+        'an image that arrives while the worker is busy must report its wait'
+
+
+def test_verdict_without_map_subscriber(graph, screw_rgb):
+    detector, probe = graph
+    map_publishes = []
+    publish_map = detector._map_publisher.publish
+
+    def record_map_publish(message):
+        map_publishes.append(message.header.stamp)
+        publish_map(message)
+
+    probe.node.destroy_subscription(probe.map_subscription)
+    detector._map_publisher.publish = record_map_publish
+    try:
+        wait_for(lambda: detector._map_publisher.get_subscription_count() == 0,
+                 description='the detector to lose its anomaly_map subscriber')
+        message = make_image('rgb8', screw_rgb)
+
+        def heatmap_and_verdict_arrived():
+            _, heatmap, verdict = probe.outputs_for(message.header.stamp)
+            return heatmap is not None and verdict is not None
+
+        probe.publish_until(
+            message, heatmap_and_verdict_arrived,
+            'the heatmap and verdict of an image without anomaly_map subscriber')
+    finally:
+        del detector._map_publisher.publish
+        probe.map_subscription = probe.node.create_subscription(
+            Image, 'anomaly_map', probe.maps.append, 10)
+
+    # The map step comes before the heatmap, so the received heatmap shows it has run.
+    assert message.header.stamp not in map_publishes
+    assert probe.outputs_for(message.header.stamp)[0] is None
+    _, heatmap, verdict = probe.outputs_for(message.header.stamp)
+    assert verdict.header == message.header
+    assert heatmap.header == message.header
+    wait_for(lambda: detector._map_publisher.get_subscription_count() > 0,
+             description='the detector to find the new anomaly_map subscriber')
+    anomaly_map, _, _ = run_detector(probe, make_image('rgb8', screw_rgb))
+    assert anomaly_map.encoding == '32FC1', 'the map is published again once subscribed'
+
+
+@pytest.mark.parametrize('pixels, encoding, step', [
+    (np.arange(12, dtype=np.float32).reshape(3, 4) / 7, '32FC1', 16),
+    (np.arange(18, dtype=np.uint8).reshape(2, 3, 3), 'rgb8', 9),
+    (np.arange(72, dtype=np.uint8).reshape(4, 6, 3)[:, ::2], 'rgb8', 9),  # not contiguous
+    (np.arange(6, dtype='>u2').reshape(2, 3), 'mono16', 6),  # not in native byte order
+])
+def test_image_message_copies_pixels(pixels, encoding, step):
+    header = make_image('mono8', np.zeros((2, 2, 3), np.uint8)).header
+
+    message = image_message(header, pixels, encoding, is_bigendian=True)
+
+    assert message.header == header
+    assert (message.height, message.width) == pixels.shape[:2]
+    assert message.encoding == encoding
+    assert message.is_bigendian == 1
+    assert message.step == step
+    assert isinstance(message.data, array.array)
+    assert message.data.tobytes() == np.ascontiguousarray(pixels).tobytes()
+    expected = message.data.tobytes()
+    pixels[...] = 0
+    assert message.data.tobytes() == expected, 'the message must own a copy of the pixels'
 
 
 def test_latest_slot_keeps_newest():
@@ -349,6 +463,25 @@ def test_onnx_export_map_and_verdict(onnx_graph, graph, screw_rgb, reference_map
     assert verdict.header == message.header
     assert verdict.model_id == torch_detector.detector.model_id
     assert verdict.is_anomalous == (verdict.pred_score >= verdict.threshold)
+
+
+def test_invalid_precision_parameter_rejected(graph):
+    detector, _ = graph
+
+    (result,) = detector.set_parameters([Parameter('precision', value='int8')])
+
+    assert not result.successful
+    assert "precision must be one of auto, fp32, fp16, bf16, got 'int8'" in result.reason
+    assert detector.get_parameter('precision').value == 'fp32'
+
+
+def test_fp16_on_cpu_exits_nonzero(tiny_checkpoint):
+    result = _run_node_process(
+        '-p', f'checkpoint:={tiny_checkpoint}', '-p', 'device:=cpu', '-p', 'precision:=fp16')
+
+    assert result.returncode == 1, result.stderr
+    assert "precision for runtime 'openvino' must be one of fp32, bf16, got 'fp16'" in result.stderr
+    assert "fp16 runs on CUDA devices with runtime 'torch'" in result.stderr
 
 
 def test_torch_runtime_rejects_onnx_file(tiny_onnx):

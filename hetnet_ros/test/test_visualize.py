@@ -17,6 +17,27 @@ def test_colorize_low_blue_high_red():
     assert np.array_equal(colorize(np.array([[2.0]])), colorize(np.array([[1.0]]))), 'values clip at 1'
 
 
+@pytest.mark.parametrize('colormap, opencv_colormap', [
+    ('jet', cv2.COLORMAP_JET), ('turbo', cv2.COLORMAP_TURBO)])
+def test_colorize_matches_rounded_colormap(colormap, opencv_colormap):
+    # Values whose product with 255 lies at or next to a rounding boundary, random values,
+    # and values outside [0, 1]. An odd width leaves elements outside OpenCV's vector loops.
+    halfway = ((np.arange(256) + 0.5) / 255).astype(np.float32)
+    values = np.concatenate([
+        halfway, np.nextafter(halfway, np.float32(2)), np.nextafter(halfway, np.float32(-1)),
+        np.random.default_rng(0).uniform(-0.1, 1.1, 4000).astype(np.float32),
+        np.array([0.0, 1.0, -0.0, -3.0, 7.0], np.float32)]).reshape(1, -1)
+    assert values.shape[1] % 2 == 1
+
+    scaled = np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    expected = cv2.cvtColor(cv2.applyColorMap(scaled, opencv_colormap), cv2.COLOR_BGR2RGB)
+
+    np.testing.assert_array_equal(colorize(values, colormap), expected)
+    np.testing.assert_array_equal(
+        colorize(values.astype(np.float64), colormap), expected,
+        err_msg='float64 maps are converted to float32 first')
+
+
 def test_overlay_shape_and_blend():
     rgb = np.full((5, 7, 3), 100, dtype=np.uint8)
     anomaly_map = np.zeros((5, 7), dtype=np.float32)

@@ -1,10 +1,15 @@
-"""Pieces shared by the hetnet_ros nodes: QoS, error throttling, a newest-frame slot, main()."""
+"""Pieces shared by the hetnet_ros nodes: QoS, error throttling, a newest-frame slot, main().
 
+image_message builds sensor_msgs/Image messages from NumPy arrays with one copy of the pixels.
+"""
+
+import array
 import math
 import threading
 import time
 from typing import Callable, Dict, Generic, List, Optional, Tuple, TypeVar
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.exceptions import ParameterException
@@ -12,6 +17,8 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 
 T = TypeVar('T')
 
@@ -108,6 +115,25 @@ class LatestSlot(Generic[T]):
         with self._condition:
             self._item = None
             self._closed = False
+
+
+def image_message(
+        header: Header, pixels: np.ndarray, encoding: str, is_bigendian: bool = False) -> Image:
+    """Build a sensor_msgs/Image of an (H, W) or (H, W, C) array, copying its pixels once.
+
+    The rows are stored without padding, so step is the row length in bytes. The caller
+    picks an `encoding` that matches the array's dtype and channel count.
+    """
+    pixels = np.ascontiguousarray(pixels)
+    data = array.array('B')
+    data.frombytes(pixels.reshape(-1).view(np.uint8))
+    # With check_fields, the setter of a uint8[] field keeps an array.array('B') as it is.
+    # Without it, the setter copies the buffer again (rosidl_generator_py, ROS 2 Jazzy).
+    message = Image(
+        check_fields=True, header=header, height=pixels.shape[0], width=pixels.shape[1],
+        encoding=encoding, is_bigendian=int(is_bigendian), step=pixels.strides[0])
+    message.data = data
+    return message
 
 
 def diagnostic_array(

@@ -3,19 +3,26 @@
 Topics (relative, remapped in bringup), all published with the input image's header:
     image (sensor_msgs/Image, subscribed, sensor-data QoS, depth 1): rgb8, bgr8, rgba8,
         bgra8, mono8 or mono16
-    anomaly_map (sensor_msgs/Image, 32FC1): normalised anomaly score per pixel, at the
-        input size; 0.5 is the decision threshold
-    heatmap (sensor_msgs/Image, rgb8): the anomaly map blended over the image, for RViz
     verdict (hetnet_ros_msgs/DefectVerdict)
+    anomaly_map (sensor_msgs/Image, 32FC1): normalised anomaly score per pixel, at the
+        input size; 0.5 is the decision threshold. Published only while a node
+        subscribes to it.
+    heatmap (sensor_msgs/Image, rgb8): the anomaly map blended over the image, for RViz.
+        Published only while a node subscribes to it and publish_heatmap is true.
     /diagnostics (diagnostic_msgs/DiagnosticArray), once per second: frame, drop and
         error counters
 
-The subscription callback only stores the message. A worker thread takes the newest
-one and runs the model, so frames that arrive while the model is busy are dropped
-(and counted) instead of queueing up.
+For each image the verdict is published first, then the anomaly map and the heatmap,
+so the verdict's latency does not include encoding and publishing the images.
 
-The model runs with PyTorch (a checkpoint from hetnet-train) or with ONNX Runtime (an
-.onnx file from hetnet-export); the ONNX Runtime path never imports PyTorch.
+The subscription callback only stores the message with its arrival time. A worker
+thread takes the newest one and runs the model, so frames that arrive while the model
+is busy are dropped (and counted) instead of queueing up. The verdict's queue_time_s
+is the time from the arrival to the worker taking the image.
+
+A checkpoint from hetnet-train runs with PyTorch or OpenVINO, and an .onnx file from
+hetnet-export runs with ONNX Runtime. `runtimes.load_detector` makes the choice, and the
+node logs it. The ONNX Runtime path never imports PyTorch.
 
 Run: python -m hetnet_ros.nodes.detector_node --ros-args -p checkpoint:=model.pt
 """
@@ -25,7 +32,7 @@ import pathlib
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -34,11 +41,11 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image, RegionOfInterest
 
-from hetnet_ros.imaging import (
-    FLOAT_MAP_ENCODING, ImageDecodeError, decode_image, encode_32fc1, encode_rgb8)
+from hetnet_ros.imaging import FLOAT_MAP_ENCODING, ImageDecodeError, decode_image
 from hetnet_ros.nodes.common import (
-    ErrorThrottle, LatestSlot, diagnostic_array, run_node, sensor_qos)
-from hetnet_ros.runtimes import DEVICES, RUNTIMES, ModelLoadError, load_detector
+    ErrorThrottle, LatestSlot, diagnostic_array, image_message, run_node, sensor_qos)
+from hetnet_ros.runtimes import (
+    DEVICES, PRECISION_CHOICES, RUNTIMES, ModelLoadError, load_detector)
 from hetnet_ros.visualize import heatmap_overlay
 
 ERROR_LOG_PERIOD_S = 5.0
@@ -82,7 +89,8 @@ class DetectorNode(LifecycleNode):
         self.detector = None
         self.device = ''
         self.stats = DetectorStats()
-        self._slot: LatestSlot[Image] = LatestSlot()
+        # Each item is (message, time.monotonic() at its arrival in the callback).
+        self._slot: LatestSlot[Tuple[Image, float]] = LatestSlot()
         self._worker: Optional[threading.Thread] = None
         self._stop_worker = threading.Event()
         self._subscription = None
@@ -101,11 +109,17 @@ class DetectorNode(LifecycleNode):
             description='Path of the model file (required): a checkpoint (.pt) written by '
                         'hetnet-train or an ONNX file (.onnx) written by hetnet-export.'))
         self.declare_parameter('runtime', 'auto', ParameterDescriptor(
-            description="Runtime that runs the model: 'torch', 'onnxruntime', or 'auto' "
-                        '(onnxruntime for .onnx files, torch otherwise).'))
+            description="Runtime that runs the model: 'torch', 'onnxruntime', 'openvino' (CPU, "
+                        "checkpoints), or 'auto': onnxruntime for .onnx files, torch for "
+                        'checkpoints on a CUDA device, openvino for checkpoints on the CPU.'))
         self.declare_parameter('device', 'auto', ParameterDescriptor(
             description="Device: 'cpu', 'cuda', or 'auto' (cuda when the runtime finds it). "
                         'For onnxruntime it selects the execution provider.'))
+        self.declare_parameter('precision', 'auto', ParameterDescriptor(
+            description="Precision of the networks: 'fp32', 'bf16', 'fp16' (CUDA only), or "
+                        "'auto': fp16 on CUDA, bf16 with openvino on a CPU with native bf16, "
+                        'fp32 otherwise, checked against fp32 at load. The local teacher and '
+                        'the anomaly map always run in fp32.'))
         self.declare_parameter('publish_heatmap', True, ParameterDescriptor(
             description='Publish the rgb8 heatmap overlay on heatmap.'))
         self.declare_parameter('autostart', True, ParameterDescriptor(
@@ -122,6 +136,11 @@ class DetectorNode(LifecycleNode):
                 return SetParametersResult(
                     successful=False,
                     reason=f"runtime must be one of {', '.join(RUNTIMES)}, got {parameter.value!r}")
+            if parameter.name == 'precision' and parameter.value not in PRECISION_CHOICES:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"precision must be one of {', '.join(PRECISION_CHOICES)}, "
+                           f'got {parameter.value!r}')
         return SetParametersResult(successful=True)
 
     # Lifecycle transitions.
@@ -184,16 +203,17 @@ class DetectorNode(LifecycleNode):
 
     def _on_image(self, message: Image) -> None:
         self.stats.frames_received += 1
-        if self._slot.put(message):
+        if self._slot.put((message, time.monotonic())):
             self.stats.frames_dropped += 1
 
     def _run_worker(self) -> None:
         while not self._stop_worker.is_set():
-            message = self._slot.take(WORKER_POLL_PERIOD_S)
-            if message is None:
+            item = self._slot.take(WORKER_POLL_PERIOD_S)
+            if item is None:
                 continue
+            message, received_at = item
             try:
-                self.process(message)
+                self.process(message, received_at)
             except Exception as error:  # noqa: BLE001 - the worker must outlive any one frame
                 self.stats.inference_errors += 1
                 self.stats.last_error = repr(error)
@@ -201,13 +221,19 @@ class DetectorNode(LifecycleNode):
                     f'unexpected error on image {_describe(message)}: {error!r}; '
                     'skipping this frame')
 
-    def process(self, message: Image) -> bool:
+    def process(self, message: Image, received_at: Optional[float] = None) -> bool:
         """Run the model on one image message and publish the results.
+
+        Args:
+            message: the image.
+            received_at: time.monotonic() at the message's arrival in the subscription
+                callback; None reports a queue time of 0.
 
         Returns:
             True when the verdict was published; False when the message was rejected
             (the error is logged, throttled, and counted in stats).
         """
+        queue_time_s = 0.0 if received_at is None else time.monotonic() - received_at
         try:
             rgb = decode_image(
                 message.encoding, message.height, message.width, message.step, message.data,
@@ -237,28 +263,24 @@ class DetectorNode(LifecycleNode):
 
         self.stats.frames_processed += 1
         self.stats.last_inference_time_s = float(prediction.inference_time_s)
-        self._publish(message, rgb, anomaly_map, prediction)
+        self._verdict_publisher.publish(self._verdict_message(message, prediction, queue_time_s))
+        self._publish_images(message, rgb, anomaly_map)
         return True
 
-    def _publish(self, message: Image, rgb: np.ndarray, anomaly_map: np.ndarray,
-                 prediction) -> None:
-        step, data, is_bigendian = encode_32fc1(anomaly_map)
-        self._map_publisher.publish(Image(
-            header=message.header, height=message.height, width=message.width,
-            encoding=FLOAT_MAP_ENCODING, is_bigendian=is_bigendian, step=step, data=data))
+    def _publish_images(self, message: Image, rgb: np.ndarray, anomaly_map: np.ndarray) -> None:
+        # A 1280x720 map is 3.7 MB to copy and send, and the overlay needs a colour map
+        # and a blend, so each is skipped while no node subscribes to it.
+        if self._map_publisher.get_subscription_count() > 0:
+            self._map_publisher.publish(image_message(
+                message.header, np.ascontiguousarray(anomaly_map, dtype=np.float32),
+                FLOAT_MAP_ENCODING, sys.byteorder == 'big'))
 
-        # The overlay needs a colour map and a blend per frame, so skip it when no
-        # node subscribes to heatmap.
         if (self.get_parameter('publish_heatmap').value
                 and self._heatmap_publisher.get_subscription_count() > 0):
-            step, data = encode_rgb8(heatmap_overlay(rgb, anomaly_map))
-            self._heatmap_publisher.publish(Image(
-                header=message.header, height=message.height, width=message.width,
-                encoding='rgb8', is_bigendian=0, step=step, data=data))
+            self._heatmap_publisher.publish(image_message(
+                message.header, heatmap_overlay(rgb, anomaly_map), 'rgb8'))
 
-        self._verdict_publisher.publish(self._verdict_message(message, prediction))
-
-    def _verdict_message(self, message: Image, prediction) -> DefectVerdict:
+    def _verdict_message(self, message: Image, prediction, queue_time_s: float) -> DefectVerdict:
         verdict = DefectVerdict()
         verdict.header = message.header
         verdict.pred_score = float(prediction.pred_score)
@@ -272,6 +294,7 @@ class DetectorNode(LifecycleNode):
             for region in prediction.regions]
         verdict.region_scores = [float(region.peak_score) for region in prediction.regions]
         verdict.inference_time_s = float(prediction.inference_time_s)
+        verdict.queue_time_s = float(queue_time_s)
         verdict.model_id = self.detector.model_id
         return verdict
 
@@ -304,15 +327,16 @@ class DetectorNode(LifecycleNode):
                 'one with hetnet-train')
         runtime = self.get_parameter('runtime').value
         device = self.get_parameter('device').value
+        precision = self.get_parameter('precision').value
 
         started = time.monotonic()
         try:
-            detector, reason = load_detector(path, runtime, device)
+            detector, reason = load_detector(path, runtime, device, precision)
             detector.warmup()
         except (ModelLoadError, OSError, RuntimeError) as error:
             raise ValueError(
-                f'failed to load checkpoint {path} with runtime {runtime!r} on device {device!r}: '
-                f'{error}') from error
+                f'failed to load checkpoint {path} with runtime {runtime!r} on device {device!r} '
+                f'in precision {precision!r}: {error}') from error
         self.get_logger().info(
             f'configured: model {detector.model_id} from {path}, input {detector.image_size}x'
             f'{detector.image_size} px, threshold {detector.threshold:g}, loaded and warmed up in '
