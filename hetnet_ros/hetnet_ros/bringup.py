@@ -105,7 +105,7 @@ GRAPH_ARGUMENTS = {
                      'the config file)',
     'sim_speed_factor': 'simulated seconds per wall second of the sim robot (default from the '
                         'config file)',
-    'device': "detector torch device, 'auto', 'cpu' or 'cuda' (default from the config file)",
+    'device': "detector device, 'auto', 'cpu' or 'cuda' (default from the config file)",
     'namespace': 'ROS namespace of all nodes (default: none)',
     'config': 'node parameter file (default: config/inspect.yaml of the package)',
 }
