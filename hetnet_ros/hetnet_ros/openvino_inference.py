@@ -22,6 +22,7 @@ larger batches image by image. An instance is not thread-safe: it keeps one infe
 request per part.
 """
 
+import copy
 import logging
 import pathlib
 import time
@@ -67,11 +68,18 @@ class _TeacherPart(nn.Module):
 
 
 class _StudentPart(nn.Module):
-    """(images, *local levels) -> tuple of student levels."""
+    """(images, *local levels) -> tuple of student levels.
+
+    It runs a copy of the decoder whose 2x2 stride-2 transposed convolutions are
+    rewritten as `_PixelShuffleUpsample`, which computes the same values. OpenVINO
+    2026.4 runs transposed convolutions in fp32 also under a bf16 precision hint, and
+    the rewrite made the student part of full HetNet about 7 ms faster in bf16.
+    """
 
     def __init__(self, model: HetNet):
         super().__init__()
         self.model = model
+        self.decoder = _rewrite_transposed_convolutions(copy.deepcopy(model.decoder))
 
     def forward(self, images: Tensor, *local: Tensor) -> tuple:
         model = self.model
@@ -80,7 +88,46 @@ class _StudentPart(nn.Module):
         if model.fusion is not None:
             normalized = (images - model.normalization_mean) / model.normalization_std
             global_ = model.extract_global_features(normalized, local)
-        return tuple(model.decode(model.fuse(local, global_)))
+        hybrid = model.fuse(local, global_)
+        return tuple(self.decoder(model.bottleneck(model.mhf(hybrid))))
+
+
+class _PixelShuffleUpsample(nn.Module):
+    """A 2x2 stride-2 transposed convolution computed as a 1x1 convolution and a pixel shuffle.
+
+    Without overlap between output windows, output pixel (2i + a, 2j + b) is a linear map
+    of input pixel (i, j) with the kernel tap (a, b). The 1x1 convolution computes all four
+    taps as 4 * C_out channels, ordered as PixelShuffle expects (channel c * 4 + a * 2 + b).
+    """
+
+    def __init__(self, transposed: nn.ConvTranspose2d):
+        super().__init__()
+        in_channels, out_channels = transposed.weight.shape[:2]
+        self.conv = nn.Conv2d(in_channels, 4 * out_channels, kernel_size=1,
+                              bias=transposed.bias is not None)
+        with torch.no_grad():
+            # (C_in, C_out, 2, 2) -> (C_out, 2, 2, C_in) -> (4 * C_out, C_in, 1, 1)
+            weight = transposed.weight.permute(1, 2, 3, 0).reshape(4 * out_channels, in_channels, 1, 1)
+            self.conv.weight.copy_(weight)
+            if transposed.bias is not None:
+                self.conv.bias.copy_(transposed.bias.repeat_interleave(4))
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.shuffle(self.conv(x))
+
+
+def _rewrite_transposed_convolutions(module: nn.Module) -> nn.Module:
+    """Replace every 2x2 stride-2 unpadded transposed convolution in `module`, in place."""
+    for name, child in module.named_children():
+        if (isinstance(child, nn.ConvTranspose2d) and child.kernel_size == (2, 2)
+                and child.stride == (2, 2) and child.padding == (0, 0)
+                and child.output_padding == (0, 0) and child.dilation == (1, 1)
+                and child.groups == 1):
+            setattr(module, name, _PixelShuffleUpsample(child))
+        else:
+            _rewrite_transposed_convolutions(child)
+    return module
 
 
 class OpenVinoAnomalyDetector(DetectorBase):
@@ -181,9 +228,11 @@ class OpenVinoAnomalyDetector(DetectorBase):
 
     def _infer_one(self, image: np.ndarray) -> np.ndarray:
         try:
-            teacher = self._teacher_request.infer([image])
+            # Shared inputs and outputs avoid copying 7 MB of levels per part and call.
+            teacher = self._teacher_request.infer([image], share_inputs=True, share_outputs=True)
             local = [teacher[output] for output in self._teacher_outputs]
-            student = self._student_request.infer([image, *local])
+            student = self._student_request.infer(
+                [image, *local], share_inputs=True, share_outputs=True)
             student_levels = [student[output] for output in self._student_outputs]
         # OpenVINO raises RuntimeError or its own exception types for inference errors.
         except Exception as error:  # noqa: BLE001

@@ -5,11 +5,15 @@ import re
 import cv2
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from hetnet_ros import prediction
 from hetnet_ros.data.mvtec import read_image
 from hetnet_ros.inference import AnomalyDetector
-from hetnet_ros.openvino_inference import OpenVinoAnomalyDetector, cpu_supports_bf16
+from hetnet_ros.openvino_inference import (
+    OpenVinoAnomalyDetector, _PixelShuffleUpsample, _rewrite_transposed_convolutions,
+    cpu_supports_bf16)
 from hetnet_ros.prediction import PrecisionCheck, compare_with_fp32, probe_images, to_model_input
 from hetnet_ros.runtimes import load_detector, select_precision, select_runtime
 
@@ -72,6 +76,31 @@ def test_bf16_keeps_fp32_level_maps(tiny_checkpoint, openvino_fp32, real_images)
     assert np.max(np.abs(maps - fp32_maps)) > 1e-5
     assert check.map_diff_fraction <= prediction.MAP_TOLERANCE
     assert check.passed, check.describe()
+
+
+@pytest.mark.parametrize('bias', [False, True])
+def test_pixel_shuffle_matches_transposed_convolution(bias):
+    torch.manual_seed(0)
+    transposed = nn.ConvTranspose2d(6, 5, kernel_size=2, stride=2, bias=bias)
+    x = torch.randn(2, 6, 7, 9)
+
+    rewritten = _PixelShuffleUpsample(transposed)
+
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), transposed(x), rtol=0, atol=1e-6)
+
+
+def test_rewrite_skips_other_transposed_convolutions():
+    module = nn.Sequential(
+        nn.ConvTranspose2d(4, 4, kernel_size=2, stride=2),
+        nn.ConvTranspose2d(4, 4, kernel_size=3, stride=2),
+        nn.Sequential(nn.ConvTranspose2d(4, 4, kernel_size=2, stride=2, padding=1)))
+
+    _rewrite_transposed_convolutions(module)
+
+    assert isinstance(module[0], _PixelShuffleUpsample)
+    assert isinstance(module[1], nn.ConvTranspose2d)
+    assert isinstance(module[2][0], nn.ConvTranspose2d)
 
 
 def test_rejects_unknown_precision(tiny_checkpoint):
