@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from hetnet_ros.bench import IMAGE_SUFFIXES
-from hetnet_ros.checkpoint import load_checkpoint
+from hetnet_ros.checkpoint import CheckpointError, load_checkpoint
 from hetnet_ros.data.mvtec import read_image
 from hetnet_ros.inference import AnomalyDetector, infer_raw
 from hetnet_ros.prediction import compare_with_fp32, to_model_input
@@ -81,14 +81,23 @@ def main(argv=None) -> int:
     parser.add_argument('--output', type=pathlib.Path, default=None, help='JSON file to write')
     options = parser.parse_args(argv)
 
+    if options.images < 1:
+        parser.error(f'--images must be at least 1, got {options.images}')
+    if options.checkpoint.suffix.lower() == '.onnx':
+        parser.error(f'--checkpoint needs the .pt checkpoint written by hetnet-train, not the '
+                     f'ONNX export {options.checkpoint}')
     torch.set_num_threads(options.threads)
-    loaded = load_checkpoint(options.checkpoint, 'cpu')
-    model = loaded.model.eval()
+    try:
+        loaded = load_checkpoint(options.checkpoint, 'cpu')
+        model = loaded.model.eval()
+        images = load_images(options.images_dir, options.images, model.config.image_size)
+    except (CheckpointError, FileNotFoundError) as error:
+        print(f'precision_study: {error}', file=sys.stderr)
+        return 1
     if model.cnn_teacher is None or model.transformer_teacher is None:
         print('precision_study: the checkpoint needs both teachers (teacher_mode both)', file=sys.stderr)
         return 2
     calibration = loaded.calibration
-    images = load_images(options.images_dir, options.images, model.config.image_size)
     print(f'{len(images)} images from {options.images_dir}, checkpoint {options.checkpoint}',
           file=sys.stderr)
 

@@ -528,8 +528,29 @@ def parse_runtimes(text: str, with_peer: bool) -> list[str]:
         raise ValueError(f"unknown runtimes {unknown}; choose from {', '.join(known)} or 'all'")
     if not with_peer:
         names = [name for name in names if name not in PEER_RUNTIMES]
+        if not names:
+            raise ValueError('--no-peer leaves no runtime to measure; drop --no-peer or add '
+                             'HetNet runtimes to --runtimes')
     # The references run first so that later map comparisons find their maps.
     return sorted(dict.fromkeys(names), key=lambda name: (name not in REFERENCE.values(), known.index(name)))
+
+
+def check_options(options: argparse.Namespace) -> None:
+    """Raise ValueError naming the first invalid option and its valid range."""
+    for name, minimum in (('iterations', 1), ('warmup', 0), ('batch', 1),
+                          ('throughput_iterations', 1), ('images', 1), ('threads', 1)):
+        value = getattr(options, name)
+        if value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+    try:
+        build_hetnet_config(options.config, options.image_size)
+    except ValueError as error:
+        raise ValueError(f'invalid --image-size {options.image_size}: {error}') from error
+    if options.timeout_s <= 0:
+        raise ValueError(f'--timeout-s must be positive, got {options.timeout_s}')
+    if not options.images_dir.is_dir():
+        raise ValueError(f'--images-dir {options.images_dir} is not a folder; pass a folder of '
+                         'test images or set HETNET_DATA')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -578,6 +599,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_OK
 
     try:
+        check_options(options)
         runtimes = parse_runtimes(options.runtimes, not options.no_peer)
     except ValueError as error:
         print(f'hetnet-bench: {error}', file=sys.stderr)

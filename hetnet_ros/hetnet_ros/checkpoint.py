@@ -144,9 +144,12 @@ def read_checkpoint(path: pathlib.Path | str) -> dict:
     # Damaged bytes make torch.load raise many types (UnpicklingError, RuntimeError,
     # EOFError, IndexError and more), so any failure to read counts as a corrupt file.
     except Exception as error:  # noqa: BLE001
+        # Only the first line of torch's message: the rest advises weights_only=False,
+        # which would run code from an unknown file.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ''
         raise CheckpointError(
             f'failed to read checkpoint {path}: the file is corrupt, truncated, or not a checkpoint '
-            f'written by hetnet_ros ({type(error).__name__}: {error}); copy or train it again') from error
+            f'written by hetnet_ros ({type(error).__name__}: {reason}); copy or train it again') from error
 
     if not isinstance(payload, dict) or payload.get('format') != FORMAT_NAME:
         raise CheckpointError(

@@ -252,6 +252,8 @@ class OpenVinoAnomalyDetector(DetectorBase):
                 # Tracing warns about the shape checks in the model's Python code. The
                 # shapes are fixed at batch 1 and image_size, so the checks are constant.
                 warnings.simplefilter('ignore', torch.jit.TracerWarning)
+                # torch 2.14 also marks torch.jit.trace, which OpenVINO 2026.4 calls, deprecated.
+                warnings.filterwarnings('ignore', category=FutureWarning, module='torch.jit')
                 converted = openvino.convert_model(module, example_input=example)
             converted.reshape({port: openvino.PartialShape(list(tensor.shape))
                                for port, tensor in zip(converted.inputs, example)})

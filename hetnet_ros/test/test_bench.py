@@ -8,7 +8,7 @@ from hetnet_ros import bench
 
 FIELDS = ('runtime', 'batch', 'p50_s', 'p95_s', 'throughput_img_s', 'peak_rss_mib',
           'max_abs_map_diff', 'ratio_to_peer')
-RUNTIMES = (bench.TORCH_EAGER_FP32, bench.ONNXRUNTIME_FP32)
+RUNTIMES = (bench.TORCH_EAGER_FP32, bench.ONNXRUNTIME_FP32, bench.OPENVINO_DETECTOR_FP32)
 # fp32 runtimes agree to rounding: hetnet-export accepts up to 1e-4 in raw map units.
 MAX_FP32_MAP_DIFF = 1e-4
 
@@ -48,8 +48,31 @@ def test_bench_line_values(bench_lines, index):
 
 
 def test_bench_maps_match_fp32(bench_lines):
-    onnx_line = bench_lines[1]
-    assert onnx_line['reference'] == bench.TORCH_EAGER_FP32
-    assert onnx_line['max_abs_map_diff'] <= MAX_FP32_MAP_DIFF, (
-        f"ONNX Runtime map differs from fp32 PyTorch by {onnx_line['max_abs_map_diff']}")
+    for line in bench_lines[1:]:
+        assert line['reference'] == bench.TORCH_EAGER_FP32
+        assert line['max_abs_map_diff'] <= MAX_FP32_MAP_DIFF, (
+            f"{line['runtime']} map differs from fp32 PyTorch by {line['max_abs_map_diff']}")
+        assert line['fp32_level_maps'] is True
     assert bench_lines[0]['max_abs_map_diff'] == 0.0, 'the reference must match itself'
+
+
+def test_bench_map_diff_fraction(bench_lines):
+    for line in bench_lines:
+        assert line['reference_map_range'] > 0, f'reference maps must vary: {line}'
+        assert line['map_diff_fraction'] == pytest.approx(
+            line['max_abs_map_diff'] / line['reference_map_range'])
+
+
+@pytest.mark.parametrize('arguments, fragment', [
+    (['--iterations', '0'], '--iterations must be at least 1, got 0'),
+    (['--images', '0'], '--images must be at least 1, got 0'),
+    (['--image-size', '10'], 'invalid --image-size 10: image_size must be a positive multiple of 32'),
+    (['--images-dir', '/nonexistent/images'], '--images-dir /nonexistent/images is not a folder'),
+    (['--no-peer', '--runtimes', bench.PEER_FP32], '--no-peer leaves no runtime to measure'),
+    (['--runtimes', 'tensorrt'], "unknown runtimes ['tensorrt']"),
+])
+def test_bench_rejects_invalid_options(arguments, fragment, capsys):
+    status = bench.main(arguments)
+
+    assert status == 2
+    assert fragment in capsys.readouterr().err
