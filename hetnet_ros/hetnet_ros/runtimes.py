@@ -44,9 +44,13 @@ ONNX_SUFFIX = '.onnx'
 class ModelLoadError(Exception):
     """Error raised when a model file is missing, unreadable or incompatible, for any runtime.
 
-    It wraps the runtime's own error (CheckpointError or OnnxModelError), so callers can
-    catch it without importing the runtime's module.
+    It wraps the runtime's own error (CheckpointError, OnnxModelError or
+    OpenVinoModelError), so callers can catch it without importing the runtime's module.
     """
+
+
+class ConversionError(ModelLoadError):
+    """Error raised when OpenVINO cannot convert or compile a readable checkpoint."""
 
 
 def select_runtime(
@@ -174,7 +178,17 @@ def load_detector(
     else:
         torch_device, device_reason = _select_torch_device(device)
     chosen_precision, precision_reason = select_precision(chosen, torch_device, precision)
-    detector = _load_checkpoint_detector(chosen, path, torch_device, chosen_precision, threads)
+    try:
+        detector = _load_checkpoint_detector(chosen, path, torch_device, chosen_precision, threads)
+    except ConversionError as error:
+        if runtime != AUTO:
+            raise
+        # runtime 'auto' chose OpenVINO, so PyTorch on the CPU is the fallback.
+        chosen, runtime_reason = TORCH, (
+            f"runtime 'auto' falls back to PyTorch because OpenVINO failed: {error}")
+        device_reason = 'the CPU, where OpenVINO would have run'
+        chosen_precision, precision_reason = select_precision(chosen, torch_device, precision)
+        detector = _load_checkpoint_detector(chosen, path, torch_device, chosen_precision, threads)
 
     check_reason = ''
     if chosen_precision != 'fp32':
@@ -199,7 +213,7 @@ def _load_checkpoint_detector(runtime: str, path, device: str, precision: str,
             try:
                 return OpenVinoAnomalyDetector.from_checkpoint(path, precision, threads)
             except OpenVinoModelError as error:
-                raise ModelLoadError(str(error)) from error
+                raise ConversionError(str(error)) from error
         from hetnet_ros.inference import AnomalyDetector
         return AnomalyDetector.from_checkpoint(path, device=device, precision=precision)
     except CheckpointError as error:

@@ -12,10 +12,10 @@ from hetnet_ros import prediction
 from hetnet_ros.data.mvtec import read_image
 from hetnet_ros.inference import AnomalyDetector
 from hetnet_ros.openvino_inference import (
-    OpenVinoAnomalyDetector, _PixelShuffleUpsample, _rewrite_transposed_convolutions,
-    cpu_supports_bf16)
+    OpenVinoAnomalyDetector, OpenVinoModelError, _PixelShuffleUpsample,
+    _rewrite_transposed_convolutions, cpu_supports_bf16)
 from hetnet_ros.prediction import PrecisionCheck, compare_with_fp32, probe_images, to_model_input
-from hetnet_ros.runtimes import load_detector, select_precision, select_runtime
+from hetnet_ros.runtimes import ModelLoadError, load_detector, select_precision, select_runtime
 
 needs_bf16 = pytest.mark.skipif(
     not cpu_supports_bf16(), reason='OpenVINO finds no native bf16 support on this CPU')
@@ -181,6 +181,27 @@ def test_explicit_bf16_kept_outside_tolerance(tiny_checkpoint, monkeypatch):
     assert detector.precision == 'bf16'
     assert "precision 'bf16' requested" in reason
     assert 'falls back' not in reason
+
+
+def test_auto_falls_back_to_torch_on_conversion_failure(tiny_checkpoint, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OpenVinoModelError('conversion failed in this test')
+    monkeypatch.setattr(OpenVinoAnomalyDetector, '_compile', staticmethod(fail))
+
+    detector, reason = load_detector(tiny_checkpoint, device='cpu')
+
+    assert isinstance(detector, AnomalyDetector)
+    assert reason.startswith('runtime torch on cpu in fp32')
+    assert "falls back to PyTorch because OpenVINO failed: conversion failed in this test" in reason
+
+
+def test_explicit_openvino_raises_conversion_failure(tiny_checkpoint, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OpenVinoModelError('conversion failed in this test')
+    monkeypatch.setattr(OpenVinoAnomalyDetector, '_compile', staticmethod(fail))
+
+    with pytest.raises(ModelLoadError, match='conversion failed in this test'):
+        load_detector(tiny_checkpoint, 'openvino', 'cpu')
 
 
 @pytest.mark.parametrize('path, runtime, device, fragment', [
