@@ -137,9 +137,10 @@ def load_detector(
         precision: str = AUTO, threads: Optional[int] = None) -> tuple['DetectorBase', str]:
     """Load a model file with the chosen runtime and precision; return (detector, reason).
 
-    A reduced precision chosen by precision 'auto' is compared with fp32 on probe images
-    (`check_against_fp32` of the detector); when it is outside the tolerance the model
-    is loaded again in fp32. An explicitly requested precision is used as it is.
+    The detector's `check_against_fp32` compares a reduced precision with fp32 on probe
+    images. When precision 'auto' chose it and it is outside the tolerance, the model is
+    loaded again in fp32. An explicitly requested precision is kept, and runtime 'auto'
+    falls back to PyTorch when OpenVINO cannot convert the checkpoint.
 
     Args:
         path: a checkpoint written by hetnet-train or an .onnx file written by hetnet-export.
