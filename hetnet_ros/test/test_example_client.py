@@ -123,8 +123,12 @@ def test_example_client_against_graph(graph):
     assert 'no action server /no_such_cell/inspect_part within 1 s' in result.stderr
 
     # 3. A goal while another runs is rejected (exit 4); Ctrl-C cancels the running one (130).
+    # The running goal visits 24 views, so that it still runs while the second client
+    # starts, which can take many seconds on a loaded machine.
+    many_views = ['--pose', 'top', '--pose', 'front'] * 12
     running = subprocess.Popen(
-        client_command('screw-44', '--server-timeout-s', '30', '--result-timeout-s', '60'),
+        client_command('screw-44', *many_views, '--server-timeout-s', '30',
+                       '--result-timeout-s', '120'),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     running_lines = _line_queue(running.stdout)
     running_stderr = _tail(running.stderr)

@@ -68,10 +68,9 @@ def test_invalid_device_exits_with_2():
 def test_tiny_cpu_run_lines(tiny_cpu_run):
     completed, lines = tiny_cpu_run
     stdout_lines = [json.loads(line) for line in completed.stdout.splitlines()]
-    expected_names = [name for name in CONFIGURATION_NAMES if HAS_ANOMALIB or not name.startswith('peer')]
 
     assert stdout_lines == lines
-    assert [line['configuration'] for line in lines] == expected_names
+    assert [line['configuration'] for line in lines] == list(CONFIGURATION_NAMES)
     for line in lines:
         assert set(line) == FIELDS
         assert line['device'] == 'cpu'
@@ -79,6 +78,16 @@ def test_tiny_cpu_run_lines(tiny_cpu_run):
         assert line['torch_version'] == torch.__version__
         assert line['image_size'] == 64
         assert line['iterations'] == 2
+
+
+@pytest.mark.skipif(HAS_ANOMALIB, reason='anomalib is installed, so the peer runs')
+def test_peer_skipped_without_anomalib(tiny_cpu_run):
+    _, lines = tiny_cpu_run
+    peers = [line for line in lines if line['configuration'].startswith('peer')]
+
+    assert peers, 'the peer configurations must be reported, as skipped'
+    for line in peers:
+        assert line['skipped'] == 'anomalib is not installed; run make bench-env'
 
 
 def test_tiny_cpu_run_fp32_measured(tiny_cpu_run):
