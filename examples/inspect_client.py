@@ -210,6 +210,9 @@ def main(argv: Optional[list] = None) -> int:
     # rclpy's own SIGINT handler shuts the context down, after which no cancel request
     # could be sent. Without it, Ctrl-C raises KeyboardInterrupt, and so does SIGTERM here.
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    # Python keeps SIGINT ignored when the parent ignored it, as a non-interactive shell
+    # does for background jobs; a controller's SIGINT must still cancel the goal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     namespace = args.namespace.strip('/')
     action_name = f'/{namespace}/inspect_part' if namespace else '/inspect_part'
