@@ -4,8 +4,8 @@
 The detector (`hetnet_ros.openvino_inference.OpenVinoAnomalyDetector`) runs a checkpoint
 as a teacher part (always fp32), a student part (fp32 or bf16) and the anomaly map in
 PyTorch. This script times the three parts at batch 1 (p50 over --iterations calls after
-warm-up), then compiles both OpenVINO parts again with performance counters on and
-prints the time per (operation type, kernel) of one call, largest first.
+warm-up). A second detector with OpenVINO's performance counters on then gives the time
+per (operation type, kernel) of one call, largest first.
 
 Usage:
     export PYTHONPATH=$PWD/hetnet_ros
@@ -19,15 +19,13 @@ import pathlib
 import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
-import openvino
 import torch
 
 from hetnet_ros.bench import CONFIGS, write_checkpoint
-from hetnet_ros.openvino_inference import (
-    _INFERENCE_PRECISION_HINT, OpenVinoAnomalyDetector, _StudentPart, _TeacherPart)
+from hetnet_ros.checkpoint import load_checkpoint
+from hetnet_ros.openvino_inference import OpenVinoAnomalyDetector
 from hetnet_ros.prediction import probe_images
 
 
@@ -54,10 +52,10 @@ def time_parts(detector: OpenVinoAnomalyDetector, image: np.ndarray, iterations:
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
-def operation_times(request: openvino.InferRequest) -> list[tuple[str, float]]:
-    """Return (operation type / kernel, milliseconds) of the last call, largest first."""
+def operation_times(profiling: list) -> list[tuple[str, float]]:
+    """Return (operation type / kernel, milliseconds) of OpenVINO profiling info, largest first."""
     totals = collections.Counter()
-    for info in request.get_profiling_info():
+    for info in profiling:
         totals[f'{info.node_type} / {info.exec_type}'] += info.real_time.total_seconds() * 1e3
     return totals.most_common()
 
@@ -82,40 +80,26 @@ def main(argv=None) -> int:
             checkpoint = pathlib.Path(directory) / 'model.pt'
             write_checkpoint(options.config, 256, checkpoint)
         detector = OpenVinoAnomalyDetector.from_checkpoint(checkpoint, options.precision, options.threads)
+        # Performance counters are a compile-time property and slow every call a little,
+        # so a second detector with counters on gives the per-operation split.
+        loaded = load_checkpoint(checkpoint, 'cpu')
+        counted = OpenVinoAnomalyDetector(
+            loaded.model, loaded.calibration, loaded.metadata['model_id'], options.precision,
+            options.threads, compile_properties={'PERF_COUNT': True})
 
     image = probe_images(detector.image_size, 1)
     for _ in range(3):
         detector.infer_batch(image)
+        counted.infer_batch(image)
     print(f'p50 over {options.iterations} calls, batch 1, {options.threads} threads, '
           f'student part in {options.precision}:')
     for name, seconds in time_parts(detector, image, options.iterations).items():
         print(f'  {name:24s} {seconds * 1e3:8.1f} ms')
 
-    # Performance counters are a compile-time property, so both parts are converted and
-    # compiled again, the same way the detector does it.
-    core = openvino.Core()
-    example = torch.from_numpy(image)
-    with torch.no_grad():
-        local = _TeacherPart(detector._model)(example)
-    for name, module, inputs, precision in (
-            ('teacher part', _TeacherPart(detector._model), (example,), 'fp32'),
-            ('student part', _StudentPart(detector._model), (example, *local), options.precision)):
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', torch.jit.TracerWarning)
-            converted = openvino.convert_model(module, example_input=inputs)
-        converted.reshape({port: openvino.PartialShape(list(tensor.shape))
-                           for port, tensor in zip(converted.inputs, inputs)})
-        compiled = core.compile_model(converted, 'CPU', {
-            'PERF_COUNT': True, 'PERFORMANCE_HINT': 'LATENCY',
-            'INFERENCE_PRECISION_HINT': _INFERENCE_PRECISION_HINT[precision],
-            'INFERENCE_NUM_THREADS': options.threads})
-        request = compiled.create_infer_request()
-        arrays = [tensor.numpy() for tensor in inputs]
-        for _ in range(3):
-            request.infer(arrays)
-        rows = operation_times(request)
+    for name, profiling in counted.profiling_info().items():
+        rows = operation_times(profiling)
         total = sum(milliseconds for _, milliseconds in rows)
-        print(f'{name} ({precision}), one call with performance counters: {total:.1f} ms')
+        print(f'{name}, one call with performance counters: {total:.1f} ms')
         for operation, milliseconds in rows[:options.top]:
             print(f'  {operation:50s} {milliseconds:8.1f} ms  {milliseconds / total:6.1%}')
     return 0

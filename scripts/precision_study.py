@@ -2,9 +2,9 @@
 """Measure how reduced precision changes a trained checkpoint's anomaly maps and verdicts.
 
 For a checkpoint and a folder of real test images, the script compares each variant
-with fp32 PyTorch on the same images and prints one Markdown table row per variant:
-the largest absolute map difference, the same as a fraction of the fp32 map range,
-the largest normalised pred_score difference, and how many verdicts differ.
+with fp32 PyTorch on the same images. It prints one Markdown table row per variant with
+the largest absolute map difference, that difference as a fraction of the fp32 map
+range, the largest normalised pred_score difference and the number of changed verdicts.
 
 Variants:
     torch-bf16-all            every network under bf16 autocast, the local teacher
@@ -22,31 +22,16 @@ Usage:
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 
 import numpy as np
 import torch
 
-from hetnet_ros.bench import IMAGE_SUFFIXES
+from hetnet_ros.bench import DEFAULT_DATA, load_images
 from hetnet_ros.checkpoint import CheckpointError, load_checkpoint
-from hetnet_ros.data.mvtec import read_image
 from hetnet_ros.inference import AnomalyDetector, infer_raw
-from hetnet_ros.prediction import compare_with_fp32, to_model_input
-
-DEFAULT_IMAGES = pathlib.Path(os.environ.get('HETNET_DATA', '../shared/data')) / 'mvtec_screw' / 'test'
-
-
-def load_images(folder: pathlib.Path, count: int, image_size: int) -> np.ndarray:
-    """Return `count` real images spread over the sorted files, float32 (N, 3, S, S) in [0, 1]."""
-    files = sorted(file for file in folder.rglob('*')
-                   if file.suffix.lower() in IMAGE_SUFFIXES and '_mask' not in file.stem)
-    if not files:
-        raise FileNotFoundError(f'no images under {folder}; pass --images-dir with test images')
-    indices = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
-    return np.concatenate([to_model_input(read_image(files[index]), image_size) for index in indices])
-
+from hetnet_ros.prediction import compare_with_fp32
 
 def run_all_bf16(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Run every network under bf16 autocast, the local teacher included, one image at a time.
@@ -74,8 +59,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--checkpoint', type=pathlib.Path, required=True,
                         help='checkpoint (.pt) written by hetnet-train')
-    parser.add_argument('--images-dir', type=pathlib.Path, default=DEFAULT_IMAGES,
-                        help=f'folder of real test images (default {DEFAULT_IMAGES})')
+    parser.add_argument('--images-dir', type=pathlib.Path, default=DEFAULT_DATA,
+                        help=f'folder of real test images (default {DEFAULT_DATA})')
     parser.add_argument('--images', type=int, default=16, help='number of images (default 16)')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
     parser.add_argument('--output', type=pathlib.Path, default=None, help='JSON file to write')

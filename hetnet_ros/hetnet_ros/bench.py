@@ -148,11 +148,8 @@ def write_checkpoint(config_name: str, image_size: int, path: pathlib.Path) -> N
     save_checkpoint(path, model, calibration, {'benchmark': {'config': config_name, 'seed': SEED}})
 
 
-def write_images(image_dir: pathlib.Path, count: int, image_size: int, path: pathlib.Path) -> int:
-    """Save `count` real images, spread over the sorted files, as float32 (K, 3, S, S) in [0, 1].
-
-    Returns:
-        The number of images saved.
+def load_images(image_dir: pathlib.Path, count: int, image_size: int) -> np.ndarray:
+    """Load `count` real images, spread over the sorted files, as float32 (K, 3, S, S) in [0, 1].
 
     Raises:
         FileNotFoundError: the folder is missing or contains no images.
@@ -167,7 +164,16 @@ def write_images(image_dir: pathlib.Path, count: int, image_size: int, path: pat
         raise FileNotFoundError(
             f'no images under {image_dir}; pass --images-dir with a folder of test images')
     indices = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
-    batch = np.concatenate([to_model_input(read_image(files[index]), image_size) for index in indices])
+    return np.concatenate([to_model_input(read_image(files[index]), image_size) for index in indices])
+
+
+def write_images(image_dir: pathlib.Path, count: int, image_size: int, path: pathlib.Path) -> int:
+    """Save the images of `load_images` to `path` (.npy) and return how many were saved.
+
+    Raises:
+        FileNotFoundError: the folder is missing or contains no images.
+    """
+    batch = load_images(image_dir, count, image_size)
     np.save(path, batch)
     return len(batch)
 

@@ -144,7 +144,8 @@ def test_probe_images_fixed_and_textured():
     assert first.shape == (2, 3, 64, 64)
     assert first.dtype == np.float32
     np.testing.assert_array_equal(first, second)
-    assert 0.0 <= first.min() and first.max() <= 1.0
+    assert first.min() >= 0.0
+    assert first.max() <= 1.0
     assert first.std() > 0.05
 
 
